@@ -1,0 +1,3 @@
+"""Analyses of what the scan does: partitions, receptive fields, hidden attention, attributions, cost.
+
+Every function returns data (arrays, DataFrames) or a figure; none saves, shows or prints."""

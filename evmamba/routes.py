@@ -24,6 +24,7 @@ ES2D (EfficientVMamba's atrous skip-sampled scan) with step p:
 from __future__ import annotations
 
 import functools
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -93,6 +94,16 @@ class ScanRoutes:
     def tokens_read(self) -> int:
         """Total tokens the scan reads over all routes (K·L): 4·H·W for SS2D, about H·W for ES2D."""
         return self.index.numel()
+
+    def _check_route(self, k: int) -> int:
+        try:
+            k = operator.index(k)
+        except TypeError:
+            k = None
+        if k is None or not 0 <= k < self.num_routes:
+            raise ValueError(f"route must be an integer in 0..{self.num_routes - 1} ({self.scan} has "
+                             f"{self.num_routes} routes), got {k!r}")
+        return k
 
     def positions(self, k: int) -> torch.Tensor:
         """(L, 2) tensor of (row, column) on the padded grid, in the order route k reads them."""

@@ -1,0 +1,32 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+DATA = Path(__file__).parent / "data"
+sys.path.insert(0, str(DATA))
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|: the relative error used throughout the tests."""
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+@pytest.fixture(scope="session")
+def manifest_path():
+    return lambda variant: DATA / f"official_state_dict_{variant}.txt"
+
+
+@pytest.fixture(scope="session")
+def official_weights(manifest_path):
+    """Deterministic, well-scaled weights with the official keys (the parity cases use seed 2)."""
+    from parity_weights import make_state_dict
+    cache = {}
+
+    def get(variant="tiny", seed=2):
+        if (variant, seed) not in cache:
+            cache[variant, seed] = make_state_dict(manifest_path(variant), seed=seed)
+        return cache[variant, seed]
+    return get

@@ -97,13 +97,13 @@ class ScanRoutes:
 
     def _check_route(self, k: int) -> int:
         try:
-            k = operator.index(k)
+            i = operator.index(k)
         except TypeError:
-            k = None
-        if k is None or not 0 <= k < self.num_routes:
+            i = -1
+        if not 0 <= i < self.num_routes:
             raise ValueError(f"route must be an integer in 0..{self.num_routes - 1} ({self.scan} has "
                              f"{self.num_routes} routes), got {k!r}")
-        return k
+        return i
 
     def positions(self, k: int) -> torch.Tensor:
         """(L, 2) tensor of (row, column) on the padded grid, in the order route k reads them."""

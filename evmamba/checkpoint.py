@@ -103,8 +103,9 @@ def _read_file(path: Path) -> tuple[object, dict | None]:
     try:
         obj = _torch_load(path)
     except Exception as e:  # corrupt zip, truncated pickle, a text file, ...
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({detail[:160]}); the file may be "
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        detail = f"{type(e).__name__}: {text[:160]}" if len(text) > 8 else "neither a zip archive nor a pickle"
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({detail}); the file may be "
                               "truncated or of another kind: download it again or pass the right file") from None
     return obj, None
 
@@ -204,9 +205,13 @@ def describe_checkpoint(source) -> dict:
     return out
 
 
-def _call(options: dict) -> str:
+def _call(options: dict, keep=()) -> str:
+    """A build_model(...) call for `options`, leaving out options at their defaults (except `keep`)."""
+    from .model import ModelConfig
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
     args = [repr(options.get("variant", "tiny"))]
-    args += [f"{k}={v!r}" for k, v in options.items() if k != "variant"]
+    args += [f"{k}={v!r}" for k, v in options.items()
+             if k != "variant" and (k in keep or k not in defaults or v != defaults[k])]
     return f"build_model({', '.join(args)})"
 
 
@@ -232,7 +237,7 @@ def _mismatch_message(model, report: LoadReport) -> str:
             more = f", ... {len(items) - SHOW} more" if len(items) > SHOW else ""
             parts.append(f"{len(items)} keys {label}: {', '.join(fmt(i) for i in items[:SHOW])}{more}")
     mine = _model_options(model)
-    what = _call({k: mine[k] for k in ("variant", "scan", "step", "num_classes")}) if mine else type(model).__name__
+    what = _call(mine, keep=("scan", "step", "num_classes")) if mine else type(model).__name__
     msg = f"checkpoint {report.checkpoint.source} does not fit the model {what}:\n  " + "\n  ".join(parts)
     try:
         fits = describe_checkpoint(report.checkpoint)

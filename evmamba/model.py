@@ -188,7 +188,7 @@ def _init_weights(m):
 
 def build_model(variant: str = "tiny", *, scan: str = "es2d", step: int = 2, conv_branch: bool = True,
                 se: bool = True, stages=STAGE_LAYOUTS["released"], num_classes: int = 1000,
-                drop_path: float = 0.0, backend: str = "auto") -> EfficientVMamba:
+                drop_path: float = 0.0, backend: str = "auto", **unknown) -> EfficientVMamba:
     """EfficientVMamba-{tiny,small,base} with the paper's design choices as switches.
 
     scan: "es2d" (atrous skip-sampled, the paper's) or "ss2d" (VMamba's four-way scan).
@@ -199,6 +199,9 @@ def build_model(variant: str = "tiny", *, scan: str = "es2d", step: int = 2, con
     drop_path: stochastic-depth rate, rising linearly over blocks to this value.
     backend: selective-scan backend (auto, reference, torch, mamba_ssm); see evmamba.scan.
     """
+    if unknown:
+        valid = ", ".join(f.name for f in dataclasses.fields(ModelConfig) if f.name != "variant")
+        raise ValueError(f"unknown build_model option(s) {', '.join(map(repr, unknown))}: valid options are {valid}")
     config = ModelConfig(variant=variant, scan=scan, step=step, conv_branch=conv_branch, se=se, stages=stages,
                          num_classes=num_classes, drop_path=drop_path, backend=backend)
     return EfficientVMamba(config)

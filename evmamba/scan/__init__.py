@@ -20,7 +20,7 @@ import torch
 from .common import check_inputs
 from .cuda import kernel, selective_scan_mamba_ssm
 from .reference import selective_scan_reference
-from .torch_scan import linear_scan, selective_scan_torch
+from .torch_scan import selective_scan_torch
 
 BACKENDS = ("auto", "reference", "torch", "mamba_ssm")
 _IMPLEMENTATIONS = {
@@ -84,5 +84,5 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Fa
     return _IMPLEMENTATIONS[name](u, delta, A, B, C, D, delta_bias, delta_softplus)
 
 
-__all__ = ["BACKENDS", "available_backends", "check_backend", "linear_scan", "resolve_backend", "selective_scan",
+__all__ = ["BACKENDS", "available_backends", "check_backend", "resolve_backend", "selective_scan",
            "selective_scan_reference", "selective_scan_torch", "selective_scan_mamba_ssm"]

@@ -1,60 +1,99 @@
 """The fast pure-PyTorch selective scan (the `torch` backend): same signature and results as the reference.
 
-Everything that does not depend on the previous step is computed for all tokens at once, time-major:
-    decay_t = exp(delta_t · A),  drive_t = delta_t · u_t · B_t          (L, batch, groups, d, N)
-Only the recurrence h_t = decay_t ⊙ h_{t-1} + drive_t is sequential; `linear_scan` runs it with one
-fused multiply-add per step on a contiguous slice, and its backward is the same recurrence run in reverse
-(g_t = grad_t + decay_{t+1} ⊙ g_{t+1}), so autograd never records a per-step graph. The contraction with
-C is one batched matmul afterwards. Products of decays are never formed, so nothing overflows: every
-factor is exp of a non-positive number when A < 0.
+The scan runs over time in chunks of T tokens, time-major, so each chunk's work stays in cache and no
+tensor is larger than a chunk's state (T, batch, channels, N):
+
+    decay_t = exp(delta_t · A),  drive_t = delta_t · u_t · B_t        all T tokens of the chunk at once
+    h_t     = decay_t ⊙ h_{t-1} + drive_t                             one fused multiply-add per token
+    y_t     = <C_t, h_t>                                               one batched contraction per chunk
+
+Only the state entering each chunk is kept for the backward pass, which recomputes the chunk and runs the
+adjoint recurrence g_t = <C_t, dy_t> + decay_{t+1} ⊙ g_{t+1} in reverse, again one fused op per token.
+No product of decays is ever formed (each factor is exp of a non-positive number when A < 0 and delta
+>= 0), so nothing overflows or underflows into NaN however long the sequence or large delta·|A|.
 """
 import torch
 
 from .common import prepare
 
-
-def _scan_forward(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """h_t = a_t * h_{t-1} + b_t along dim 0, h_{-1} = 0."""
-    h = torch.empty_like(b)
-    h[0] = b[0]
-    for t in range(1, b.shape[0]):
-        torch.addcmul(b[t], a[t], h[t - 1], out=h[t])
-    return h
+STATE_ELEMENTS_PER_CHUNK = 1 << 18  # T·batch·channels·N per chunk: about 1 MB of float32 per tensor
 
 
-def _scan_backward(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """G_t = g_t + a_{t+1} * G_{t+1} along dim 0, G_L = 0: the adjoint of `_scan_forward`."""
-    G = torch.empty_like(g)
-    last = g.shape[0] - 1
-    G[last] = g[last]
-    for t in range(last - 1, -1, -1):
-        torch.addcmul(g[t], a[t + 1], G[t + 1], out=G[t])
-    return G
+def chunk_length(length: int, state_size: int) -> int:
+    return max(8, min(length, 512, STATE_ELEMENTS_PER_CHUNK // max(state_size, 1)))
 
 
-class LinearScan(torch.autograd.Function):
-    """h_t = a_t ⊙ h_{t-1} + b_t over dim 0 (h_{-1} = 0), with a hand-written backward."""
+def _recurrence(decay, drive, h_prev, out):
+    """out_t = decay_t * out_{t-1} + drive_t for t in the chunk, with out_{-1} = h_prev (all (T, M))."""
+    prev = h_prev
+    for a, b, h in zip(decay.unbind(0), drive.unbind(0), out.unbind(0)):
+        torch.addcmul(b, a, prev, out=h)
+        prev = h
+    return out
+
+
+class _SelectiveScanCore(torch.autograd.Function):
+    """y (L, b, G, d) from time-major u, dt (L, b, G, d), B, C (L, b, G, N) and A (G, d, N)."""
 
     @staticmethod
-    def forward(ctx, a, b):
-        a, b = a.contiguous(), b.contiguous()
-        h = _scan_forward(a, b)
-        ctx.save_for_backward(a, h)
-        return h
+    def forward(ctx, u, dt, A, B, C, chunk):
+        length = u.shape[0]
+        state = u.shape[1:] + A.shape[-1:]  # (b, G, d, N)
+        h = u.new_zeros(state)
+        y = u.new_empty(u.shape)
+        starts = []
+        buf = u.new_empty((chunk,) + state)
+        for t0 in range(0, length, chunk):
+            t1 = min(t0 + chunk, length)
+            starts.append(h)
+            dt_c = dt[t0:t1, ..., None]
+            decay = torch.exp(dt_c * A)
+            drive = (dt_c * u[t0:t1, ..., None]) * B[t0:t1, :, :, None, :]
+            hc = _recurrence(decay, drive, h, buf[: t1 - t0])
+            y[t0:t1] = torch.einsum("tbgdn,tbgn->tbgd", hc, C[t0:t1])
+            h = hc[-1].clone()
+        ctx.chunk = chunk
+        ctx.save_for_backward(u, dt, A, B, C, torch.stack(starts))
+        return y
 
     @staticmethod
-    def backward(ctx, grad_h):
-        a, h = ctx.saved_tensors
-        G = _scan_backward(a, grad_h.contiguous())
-        grad_a = None
-        if ctx.needs_input_grad[0]:
-            grad_a = torch.zeros_like(a)
-            torch.mul(G[1:], h[:-1], out=grad_a[1:])
-        return grad_a, G
-
-
-def linear_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return LinearScan.apply(a, b)
+    def backward(ctx, gy):
+        u, dt, A, B, C, starts = ctx.saved_tensors
+        chunk = ctx.chunk
+        gy = gy.contiguous()
+        length = u.shape[0]
+        gu, gdt, gB, gC = (torch.empty_like(t) for t in (u, dt, B, C))
+        gA = torch.zeros_like(A)
+        carry = torch.zeros_like(starts[0])  # decay_{t1} ⊙ g_{t1}: the adjoint entering the chunk from the right
+        state = starts.shape[1:]
+        hbuf, gbuf = u.new_empty((chunk,) + state), u.new_empty((chunk,) + state)
+        for j in range(starts.shape[0] - 1, -1, -1):
+            t0 = j * chunk
+            t1 = min(t0 + chunk, length)
+            n = t1 - t0
+            dt_c, u_c, B_c, C_c, gy_c = dt[t0:t1], u[t0:t1], B[t0:t1], C[t0:t1], gy[t0:t1]
+            decay = torch.exp(dt_c[..., None] * A)
+            drive = (dt_c * u_c)[..., None] * B_c[:, :, :, None, :]
+            h = _recurrence(decay, drive, starts[j], hbuf[:n])
+            # adjoint recurrence, backwards: g_t = C_t dy_t + decay_{t+1} g_{t+1}
+            gh = gy_c[..., None] * C_c[:, :, :, None, :]
+            g = gbuf[:n]
+            torch.add(gh[n - 1], carry, out=g[n - 1])
+            nxt = g[n - 1]
+            for a, b, out in zip(decay[1:].unbind(0)[::-1], gh[:-1].unbind(0)[::-1], g[:-1].unbind(0)[::-1]):
+                torch.addcmul(b, a, nxt, out=out)
+                nxt = out
+            carry = decay[0] * g[0]
+            gC[t0:t1] = torch.einsum("tbgdn,tbgd->tbgn", h, gy_c)
+            # through drive = dt·u·B
+            gBu = torch.einsum("tbgdn,tbgn->tbgd", g, B_c)  # Σ_n g·B
+            gB[t0:t1] = torch.einsum("tbgdn,tbgd->tbgn", g, dt_c * u_c)
+            # through decay = exp(dt·A): d decay = decay·(A ddt + dt dA), with g·h_{t-1}·decay = g·(h - drive)
+            q = g * (h - drive)
+            gA += torch.einsum("tbgdn,tbgd->gdn", q, dt_c)
+            gdt[t0:t1] = torch.einsum("tbgdn,gdn->tbgd", q, A) + gBu * u_c
+            gu[t0:t1] = gBu * dt_c
+        return gu, gdt, gA, gB, gC, None
 
 
 def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):
@@ -63,15 +102,14 @@ def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
     batch, channels, length = u.shape
     groups, n = B.shape[1], A.shape[1]
     d = channels // groups
-    # time-major: (L, batch, groups, d, 1) against per-token B, C as (L, batch, groups, 1 or N, N or 1)
-    time_major = lambda t: t.permute(2, 0, 1).reshape(length, batch, groups, d, 1)  # noqa: E731
-    B = B.permute(3, 0, 1, 2).contiguous()  # (L, batch, groups, N)
-    C = C.permute(3, 0, 1, 2).contiguous()
-    dt = time_major(delta)
-    decay = torch.exp(dt * A.view(groups, d, n))
-    drive = (dt * time_major(u)) * B.unsqueeze(3)
-    h = linear_scan(decay, drive)  # (L, batch, groups, d, N)
-    y = torch.einsum("lbgdn,lbgn->bgdl", h, C).reshape(batch, channels, length)
+
+    def time_major(t):  # (batch, channels, L) -> (L, batch, groups, d)
+        return t.permute(2, 0, 1).reshape(length, batch, groups, d)
+
+    chunk = chunk_length(length, batch * channels * n)
+    y = _SelectiveScanCore.apply(time_major(u), time_major(delta), A.reshape(groups, d, n),
+                                 B.permute(3, 0, 1, 2).contiguous(), C.permute(3, 0, 1, 2).contiguous(), chunk)
+    y = y.reshape(length, batch, channels).permute(1, 2, 0)
     if D is not None:
         y = y + u * D.to(u)[:, None]
     return y.to(out_dtype)

@@ -1,0 +1,156 @@
+"""CPU speed of the selective scan and of the whole model: the `torch` backend against the `reference` loop.
+
+    python -m evmamba.bench            # the full table (a few minutes on 2 cores)
+    python -m evmamba.bench --quick    # fewer repetitions
+
+Both backends run in one process, interleaved repetition by repetition, and the table reports medians and
+their ratio, with the machine it ran on. Accuracy is the relative error (max |diff| / max |ref|) of the
+torch backend in float32 against the reference loop in float64. Peak memory is the resident-set peak of a
+fresh process that runs one forward+backward of the model.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+            f"Python {platform.python_version()}")
+
+
+def scan_inputs(length, batch=1, routes=4, d=96, n=16, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ch = routes * d
+    return dict(u=torch.randn(batch, ch, length, generator=g), delta=0.5 * torch.randn(batch, ch, length, generator=g),
+                A=-torch.exp(torch.log(torch.arange(1, n + 1.0)).expand(ch, n) + 0.1 * torch.randn(ch, n, generator=g)),
+                B=torch.randn(batch, routes, n, length, generator=g), C=torch.randn(batch, routes, n, length, generator=g),
+                D=torch.ones(ch), delta_bias=-4 + 0.5 * torch.randn(ch, generator=g))
+
+
+def _timed(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def compare(cases: dict, repeats: int, bar) -> dict:
+    """Median seconds of each case (name -> {backend: fn}); backends interleaved per repetition."""
+    times = {name: {b: [] for b in fns} for name, fns in cases.items()}
+    for name, fns in cases.items():
+        for fn in fns.values():  # warm-up
+            fn()
+        for _ in range(repeats):
+            for backend, fn in fns.items():
+                times[name][backend].append(_timed(fn))
+            bar.update(1)
+    return {name: {b: statistics.median(ts) for b, ts in per.items()} for name, per in times.items()}
+
+
+def scan_cases(lengths):
+    from .scan import selective_scan
+    cases = {}
+    for length in lengths:
+        x = scan_inputs(length)
+
+        def fwd(backend, x=x):
+            with torch.no_grad():
+                selective_scan(**x, delta_softplus=True, backend=backend)
+
+        def fwd_bwd(backend, x=x):
+            y = {k: v.clone().requires_grad_() for k, v in x.items()}
+            selective_scan(**y, delta_softplus=True, backend=backend).sum().backward()
+
+        cases[f"scan L={length} forward"] = {b: (lambda b=b, f=fwd: f(b)) for b in ("reference", "torch")}
+        cases[f"scan L={length} forward+backward"] = {b: (lambda b=b, f=fwd_bwd: f(b)) for b in ("reference", "torch")}
+    return cases
+
+
+def model_cases(variant="tiny", scans=("es2d",), size=224):
+    from .model import build_model
+    cases = {}
+    x = torch.randn(1, 3, size, size)
+    for scan in scans:
+        model = build_model(variant, scan=scan).eval()
+
+        def fwd(backend, model=model):
+            model.set_scan_backend(backend)
+            with torch.no_grad():
+                model(x)
+
+        def fwd_bwd(backend, model=model):
+            model.set_scan_backend(backend)
+            model(x.clone().requires_grad_()).sum().backward()
+
+        label = f"{variant} {scan.upper()} {size}x{size} batch 1"
+        cases[f"{label} forward"] = {b: (lambda b=b, f=fwd: f(b)) for b in ("reference", "torch")}
+        cases[f"{label} forward+backward"] = {b: (lambda b=b, f=fwd_bwd: f(b)) for b in ("reference", "torch")}
+    return cases
+
+
+def accuracy(lengths) -> dict:
+    from .scan import selective_scan
+    out = {}
+    for length in lengths:
+        x = scan_inputs(length)
+        ref = selective_scan(**{k: v.double() for k, v in x.items()}, delta_softplus=True, backend="reference")
+        y = selective_scan(**x, delta_softplus=True, backend="torch")
+        out[length] = ((y.double() - ref).abs().max() / ref.abs().max()).item()
+    return out
+
+
+def peak_memory_mb(variant="tiny", size=224, scan="es2d") -> float:
+    """Peak resident memory (MB) of a fresh process running one forward+backward with the torch backend."""
+    code = ("import resource, torch, evmamba;"
+            f"m = evmamba.build_model({variant!r}, scan={scan!r}, backend='torch');"
+            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+            f"m(torch.randn(1, 3, {size}, {size}, requires_grad=True)).sum().backward();"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, base)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    peak_kb, _ = map(int, out.stdout.split())
+    return peak_kb / 1024
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m evmamba.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 repetitions instead of 7")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[784, 3136], help="scan lengths (tokens)")
+    parser.add_argument("--ss2d", action="store_true", help="also time the tiny model with SS2D")
+    args = parser.parse_args(argv)
+    repeats = 3 if args.quick else 7
+
+    cases = {**scan_cases(args.lengths), **model_cases(scans=("es2d", "ss2d") if args.ss2d else ("es2d",))}
+    with tqdm(total=repeats * len(cases), desc="timing", unit="rep", file=sys.stderr) as bar:
+        medians = compare(cases, repeats, bar)
+    errors = accuracy(args.lengths)
+    peak = peak_memory_mb()
+
+    print(f"machine: {machine()}")
+    print(f"median of {repeats} interleaved repetitions; scans at batch 1, K=4, d=96, N=16\n")
+    print(f"| case | reference (ms) | torch (ms) | speed-up |")
+    print(f"| --- | ---: | ---: | ---: |")
+    for name, m in medians.items():
+        print(f"| {name} | {m['reference'] * 1e3:.1f} | {m['torch'] * 1e3:.1f} | {m['reference'] / m['torch']:.1f}x |")
+    print()
+    for length, err in errors.items():
+        print(f"relative error, torch float32 vs reference float64, L={length}: {err:.1e}")
+    print(f"peak resident memory, tiny 224x224 forward+backward (torch backend, whole process): {peak:.0f} MB")
+    return medians
+
+
+if __name__ == "__main__":
+    main()

@@ -3,16 +3,19 @@
     import evmamba
     model = evmamba.build_model("tiny")                    # the released design: ES2D, step 2
     evmamba.load_checkpoint(model, "efficientvmamba_tiny.pth")
+    model = evmamba.build_model("tiny", pretrained=True)   # the authors' ImageNet-1K weights, from the Hub
+    logits = model(evmamba.preprocess(image))               # a PIL image or array -> a normalised batch
     routes = evmamba.scan_routes("es2d", 56, 56, step=2)   # what the first stage's scan reads, in order
 """
 from .checkpoint import (CheckpointError, CheckpointMismatchError, describe_checkpoint, load_checkpoint,
                          model_from_checkpoint, read_checkpoint, save_checkpoint)
-from .model import STAGE_LAYOUTS, VARIANTS, EfficientVMamba, ModelConfig, build_model, count_parameters
+from .imagenet import IMAGENET_MEAN, IMAGENET_STD, class_names, preprocess
+from .model import PRETRAINED, STAGE_LAYOUTS, VARIANTS, EfficientVMamba, ModelConfig, build_model, count_parameters
 from .routes import SCANS, ScanRoutes, scan_routes
 from .scan import BACKENDS, selective_scan
 
 __version__ = "0.1.0"
-__all__ = ["BACKENDS", "SCANS", "STAGE_LAYOUTS", "VARIANTS", "CheckpointError", "CheckpointMismatchError",
-           "EfficientVMamba", "ModelConfig", "ScanRoutes", "build_model", "count_parameters", "describe_checkpoint",
-           "load_checkpoint", "model_from_checkpoint", "read_checkpoint", "save_checkpoint", "scan_routes",
-           "selective_scan"]
+__all__ = ["BACKENDS", "IMAGENET_MEAN", "IMAGENET_STD", "PRETRAINED", "SCANS", "STAGE_LAYOUTS", "VARIANTS",
+           "CheckpointError", "CheckpointMismatchError", "EfficientVMamba", "ModelConfig", "ScanRoutes", "build_model",
+           "class_names", "count_parameters", "describe_checkpoint", "load_checkpoint", "model_from_checkpoint",
+           "preprocess", "read_checkpoint", "save_checkpoint", "scan_routes", "selective_scan"]

@@ -136,11 +136,17 @@ def normalise_state_dict(obj) -> tuple[dict, str | None]:
 
 
 def read_checkpoint(source) -> Checkpoint:
-    """A `Checkpoint` from a file path, a loaded object (dict, state dict, module) or a Checkpoint."""
+    """A `Checkpoint` from a file path, a Hub name (`hf:OWNER/REPO[/FILE]`, see evmamba.hub), a loaded object
+    (dict, state dict, module) or a Checkpoint."""
     if isinstance(source, Checkpoint):
         return source
-    config = None
-    if isinstance(source, (str, os.PathLike)):
+    config, notes = None, []
+    if isinstance(source, str) and source.startswith("hf:"):
+        from .hub import resolve
+        found = resolve(source)  # downloads (or finds in the cache) the file; says which file it chose
+        obj, config = _read_file(found.path)
+        name, notes = str(found.name), list(found.notes)
+    elif isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
         obj, config = _read_file(path)
         name = str(path)
@@ -149,7 +155,7 @@ def read_checkpoint(source) -> Checkpoint:
     if config is None and isinstance(obj, Mapping) and isinstance(obj.get(CONFIG_KEY), Mapping):
         config = dict(obj[CONFIG_KEY])
     sd, wrapper = normalise_state_dict(obj)
-    return Checkpoint(sd, name, wrapper, config)
+    return Checkpoint(sd, name, wrapper, config, notes)
 
 
 # ---- what a checkpoint is -----------------------------------------------------------------------
@@ -259,7 +265,7 @@ def compare_state_dicts(model: nn.Module, sd: dict) -> tuple[list, list, list]:
 
 
 def load_checkpoint(model: nn.Module, source, strict: bool = True) -> LoadReport:
-    """Load `source` (a path or loaded object) into `model`.
+    """Load `source` (a path, an `hf:OWNER/REPO[/FILE]` Hub name or a loaded object) into `model`.
 
     strict=True (default): every key must be present with its shape, or a CheckpointMismatchError names the
     missing, unexpected and mis-shaped keys and the model the checkpoint fits. strict=False loads the keys

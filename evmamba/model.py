@@ -188,7 +188,8 @@ def _init_weights(m):
 
 def build_model(variant: str = "tiny", *, scan: str = "es2d", step: int = 2, conv_branch: bool = True,
                 se: bool = True, stages=STAGE_LAYOUTS["released"], num_classes: int = 1000,
-                drop_path: float = 0.0, backend: str = "auto", **unknown) -> EfficientVMamba:
+                drop_path: float = 0.0, backend: str = "auto", pretrained: bool = False,
+                **unknown) -> EfficientVMamba:
     """EfficientVMamba-{tiny,small,base} with the paper's design choices as switches.
 
     scan: "es2d" (atrous skip-sampled, the paper's) or "ss2d" (VMamba's four-way scan).
@@ -198,18 +199,70 @@ def build_model(variant: str = "tiny", *, scan: str = "es2d", step: int = 2, con
     num_classes: classifier outputs (0: no head, the model returns pooled features).
     drop_path: stochastic-depth rate, rising linearly over blocks to this value.
     backend: selective-scan backend (auto, reference, torch, mamba_ssm); see evmamba.scan.
+    pretrained: load the authors' ImageNet-1K weights (PRETRAINED, downloaded once and cached; see
+        evmamba.hub) and set the model up for ImageNet use: eval mode, `model.class_names` (1000 names,
+        index = class id) and `model.preprocess` (evmamba.preprocess: image -> normalised batch). Only the
+        released design has trained weights, so any other scan/step/conv_branch/se/stages/num_classes
+        raises a ValueError. SS2D has the same parameter shapes but was not what the weights were trained
+        with; to study ES2D weights under SS2D, load them explicitly:
+        load_checkpoint(build_model(variant, scan="ss2d"), PRETRAINED[variant]).
     """
     if unknown:
         valid = ", ".join(f.name for f in dataclasses.fields(ModelConfig) if f.name != "variant")
-        raise ValueError(f"unknown build_model option(s) {', '.join(map(repr, unknown))}: valid options are {valid}")
+        raise ValueError(f"unknown build_model option(s) {', '.join(map(repr, unknown))}: valid options are {valid}, "
+                         "pretrained")
+    if not isinstance(pretrained, bool):
+        raise ValueError(f"pretrained must be True or False, got {pretrained!r}")
     config = ModelConfig(variant=variant, scan=scan, step=step, conv_branch=conv_branch, se=se, stages=stages,
                          num_classes=num_classes, drop_path=drop_path, backend=backend)
-    return EfficientVMamba(config)
+    if not pretrained:
+        return EfficientVMamba(config)
+    _check_pretrained(config.validate())
+    from .checkpoint import load_checkpoint, read_checkpoint
+    from .imagenet import class_names, preprocess
+    checkpoint = read_checkpoint(PRETRAINED[config.variant])  # fetched first: no network fails before building
+    model = EfficientVMamba(config)
+    load_checkpoint(model, checkpoint)  # strict: every key, every shape
+    model.eval()
+    model.class_names = class_names()
+    model.preprocess = preprocess
+    return model
+
+
+# The authors' ImageNet-1K checkpoints (the released design: ES2D at step 2, EVSS-EVSS-IR-IR, 1000 classes).
+PRETRAINED = {
+    "tiny": "hf:TerryPei/EfficientVMamba-Tiny",
+    "small": "hf:TerryPei/EfficientVMamba-Small",
+    "base": "hf:TerryPei/EfficientVMamba-Base",
+}
+
+
+def _check_pretrained(config: ModelConfig) -> None:
+    released = ModelConfig(variant=config.variant).validate()
+    if config.variant not in PRETRAINED:
+        raise ValueError(f"no pretrained weights for variant {config.variant!r}: they exist for "
+                         f"{', '.join(PRETRAINED)}")
+    differ = [f"{name}={getattr(config, name)!r}" for name in ("scan", "step", "conv_branch", "se", "stages",
+                                                                 "num_classes")
+              if getattr(config, name) != getattr(released, name)]
+    if differ:
+        hint = ""
+        if config.scan == "ss2d":
+            hint = (" (SS2D has the same parameters, so to run the ES2D-trained weights under SS2D load them "
+                    f"explicitly: load_checkpoint(build_model({config.variant!r}, scan='ss2d'), "
+                    f"{PRETRAINED[config.variant]!r}))")
+        elif config.num_classes != 1000:
+            hint = (" (to fine-tune on other classes, load the pretrained model and replace "
+                    "model.classifier.head with a new nn.Linear)")
+        verb = "changes" if len(differ) == 1 else "change"
+        raise ValueError(f"pretrained=True loads the released ImageNet-1K model, but {', '.join(differ)} {verb} "
+                         f"the design the weights were trained for{hint}: drop those options, or pass "
+                         "pretrained=False to build that model with fresh weights")
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["VARIANTS", "STAGE_LAYOUTS", "SCANS", "ModelConfig", "EfficientVMamba", "build_model",
+__all__ = ["VARIANTS", "STAGE_LAYOUTS", "SCANS", "PRETRAINED", "ModelConfig", "EfficientVMamba", "build_model",
            "count_parameters"]

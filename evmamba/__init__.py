@@ -15,7 +15,16 @@ from .routes import SCANS, ScanRoutes, scan_routes
 from .scan import BACKENDS, selective_scan
 
 __version__ = "0.1.0"
+
+
+def count_flops(model, image_size=224, batch_size: int = 1):
+    """FLOPs of one forward pass in the paper's convention (fvcore-style multiply-adds plus 9·B·L·D·N + B·D·L
+    per selective scan) and a per-layer table: `evmamba.analysis.cost.count_flops` (needs pandas)."""
+    from .analysis.cost import count_flops as count
+    return count(model, image_size, batch_size)
+
+
 __all__ = ["BACKENDS", "IMAGENET_MEAN", "IMAGENET_STD", "PRETRAINED", "SCANS", "STAGE_LAYOUTS", "VARIANTS",
            "CheckpointError", "CheckpointMismatchError", "EfficientVMamba", "ModelConfig", "ScanRoutes", "build_model",
-           "class_names", "count_parameters", "describe_checkpoint", "load_checkpoint", "model_from_checkpoint",
-           "preprocess", "read_checkpoint", "save_checkpoint", "scan_routes", "selective_scan"]
+           "class_names", "count_flops", "count_parameters", "describe_checkpoint", "load_checkpoint",
+           "model_from_checkpoint", "preprocess", "read_checkpoint", "save_checkpoint", "scan_routes", "selective_scan"]

@@ -16,6 +16,24 @@ _LAZY = {
     "scan_comparison_plotly": "partition_plotly",
     # cost
     "FlopCount": "cost", "count_flops": "cost", "parameter_breakdown": "cost", "scan_flops": "cost",
+    # effective receptive fields per scan direction
+    "ERF": "erf", "RouteERFs": "erf", "effective_receptive_fields": "erf", "mixer_erf": "erf", "block_erf": "erf",
+    "network_erf": "erf", "area_ratios": "erf", "high_contribution_square": "erf", "seeded_model": "erf",
+    "erf_figure": "erf_figures", "area_ratio_figure": "erf_figures",
+    # hidden attention
+    "HiddenAttention": "hidden_attention", "implicit_attention": "hidden_attention",
+    "implicit_attention_reference": "hidden_attention", "hidden_attention": "hidden_attention",
+    "model_hidden_attention": "hidden_attention", "conv_activations": "hidden_attention",
+    "hidden_attention_figure": "hidden_attention_figures", "attention_row_figure": "hidden_attention_figures",
+    # attributions
+    "Prediction": "attribution", "Attributions": "attribution", "predict": "attribution",
+    "attributions": "attribution", "route_contributions": "attribution",
+    "prediction_figure": "attribution_figures", "attribution_figure": "attribution_figures",
+    "route_contribution_figure": "attribution_figures",
+    # natural images offline, and temporary changes to a model
+    "load_image": "images", "load_images": "images", "image_batch": "images", "sample_names": "images",
+    "keep_only_route": "interventions", "drop_route": "interventions", "routes_kept": "interventions",
+    "scan_replaced_by_identity": "interventions", "evaluation_mode": "interventions",
 }
 
 

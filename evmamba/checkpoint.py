@@ -280,6 +280,7 @@ def load_checkpoint(model: nn.Module, source, strict: bool = True) -> LoadReport
     bad = {m[0] for m in mismatched}
     sd = {k: v for k, v in ckpt.state_dict.items() if k not in bad and k not in unexpected}
     model.load_state_dict(sd, strict=False)
+    model.checkpoint_source = ckpt.source  # analyses tell trained weights from a random initialisation by it
     if not report.ok:
         import logging
         logging.getLogger("evmamba").warning(_mismatch_message(model, report).replace("does not fit", "partly fits"))

@@ -156,8 +156,8 @@ class EfficientVMamba(nn.Module):
                              f"{MIN_INPUT}x{MIN_INPUT}: resize the image (224x224 is the trained size)")
 
     def forward_stages(self, x, upto: int | None = None):
-        """Channels-last features after the patch embedding and after each stage (before its downsample is
-        applied by the next one), as a list; stops after stage `upto` (0-based) when given."""
+        """Channels-last outputs of each stage (each includes the stage's patch merging, so stage i's output
+        is on stage i+1's grid), as a list; stops after stage `upto` (0-based) when given."""
         self.check_input(x)
         x = self.patch_embed(x)
         outs = []

@@ -5,9 +5,9 @@ each scan direction contributes to that class's logit.
     att = attributions(model, "chelsea", target=pred.top_class)   # Integrated Gradients, Saliency, ...
     df = route_contributions(model, "chelsea")             # logit change with each route removed, per block
 
-A model from `build_model(..., pretrained=True)` carries `class_names` and is taken as trained; any other
-model is taken as randomly initialised unless `pretrained=True` is passed (after load_checkpoint, say). The
-results say which it was, since the classes of a random model mean nothing.
+A model from `build_model(..., pretrained=True)` (it carries `class_names`) or one that `load_checkpoint`
+filled (it carries `checkpoint_source`) is taken as trained; any other model as randomly initialised, unless
+`pretrained=` says otherwise. The results say which it was, since the classes of a random model mean nothing.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ RANDOM_NOTE = ("randomly initialised weights: these classes and attributions say
 
 def _is_pretrained(model, pretrained):
     if pretrained is None:
-        return hasattr(model, "class_names")
+        return hasattr(model, "class_names") or getattr(model, "checkpoint_source", None) is not None
     if not isinstance(pretrained, bool):
         raise ValueError(f"pretrained must be True, False or None (inferred), got {pretrained!r}")
     return pretrained

@@ -3,8 +3,9 @@ import contextlib
 
 import matplotlib
 
-# Colour-blind-safe qualitative palette (Okabe-Ito), then tab20 for steps with many routes.
-ROUTE_COLOURS = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
+# Colour-blind-safe qualitative palette (Okabe-Ito, with wine for its yellow, which is unreadable as text on
+# white), then tab20 for steps with many routes.
+ROUTE_COLOURS = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#882255", "#000000"]
 
 PAPER_RC = {
     "font.family": "DejaVu Sans",

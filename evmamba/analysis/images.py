@@ -36,6 +36,8 @@ SAMPLES = {
 }
 # The colour photographs of everyday things: the default set for averages over natural images.
 DEFAULT_SAMPLES = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle")
+MAX_SIDE = 2048  # fit_image: longer side of a picture kept for drawing and preprocessing
+MAX_PIXELS = 80_000_000  # larger files are refused rather than decoded (about 240 MB as RGB)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -79,10 +81,31 @@ def _read_file(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(path) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise ValueError(f"{path} is {im.width}x{im.height} pixels, more than this tool reads "
+                                 f"({MAX_PIXELS // 10**6} megapixels): downscale it first")
             return _as_rgb_uint8(np.asarray(im.convert("RGB")), str(path))
+    except Image.DecompressionBombError:
+        raise ValueError(f"{path} is too large to decode safely: downscale it below "
+                         f"{MAX_PIXELS // 10**6} megapixels first") from None
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"cannot read {path} as an image ({e}); give a PNG, JPEG, BMP, GIF, TIFF or WebP "
                          f"file") from None
+
+
+def fit_image(image, max_side: int = MAX_SIDE) -> tuple[np.ndarray, str | None]:
+    """(picture, note): `image` (anything `load_image` takes) as (H, W, 3) uint8, downscaled (area
+    averaging) so that its longer side is at most `max_side`; the note says so when it was, else None.
+    The analyses resize to the model's input anyway; this keeps huge uploads cheap."""
+    picture = load_image(image)
+    h, w = picture.shape[:2]
+    if max(h, w) <= max_side:
+        return picture, None
+    from PIL import Image
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = np.asarray(Image.fromarray(picture).resize(size, Image.Resampling.BOX))
+    return small, f"the image was {w}x{h} pixels and has been downscaled to {size[0]}x{size[1]}"
 
 
 def _unknown(source) -> ValueError:

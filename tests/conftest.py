@@ -30,3 +30,20 @@ def official_weights(manifest_path):
             cache[variant, seed] = make_state_dict(manifest_path(variant), seed=seed)
         return cache[variant, seed]
     return get
+
+
+@pytest.fixture(scope="session")
+def app_url():
+    """The browser demo served once for the session, on a free local port."""
+    import socket
+    sys.path.insert(0, str(Path(__file__).parent.parent))
+    import app
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app.configure(app.parse_args(["--device", "cpu"]))
+    demo = app.build_demo()
+    demo.queue(default_concurrency_limit=2, max_size=32)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()

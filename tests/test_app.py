@@ -1,0 +1,130 @@
+"""The browser demo's API: every named endpoint with its defaults, bad inputs that must become messages,
+and a server that still answers afterwards."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+
+from gradio_client.exceptions import AppError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    return Client(app_url, verbose=False)
+
+
+def plotly_traces(plot):
+    assert plot["type"] == "plotly", plot.get("type")
+    return json.loads(plot["plot"])["data"]
+
+
+def assert_picture(plot):
+    assert plot["type"] in ("matplotlib", "plotly")
+    assert plot["plot"]
+
+
+def test_endpoints_are_named(client):
+    names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert {"/partition", "/erf", "/attribution", "/hidden_attention"} <= names
+
+
+def test_partition_defaults(client):
+    main, regrouped, comparison, info = client.predict(api_name="/partition")
+    traces = plotly_traces(main)
+    routes = {t["meta"]["route"] for t in traces if isinstance(t.get("meta"), dict) and "route" in t["meta"]}
+    assert routes == {0, 1, 2, 3}
+    assert plotly_traces(regrouped) and plotly_traces(comparison)
+    assert "ES2D on a 8x8 grid with step 2: 4 routes of 16 tokens, 64 tokens read (SS2D reads 256)" in info
+
+
+def test_partition_odd_grid_notes_the_padding(client):
+    *_, info = client.predict(scan="ES2D", height=7, width=9, step=3, api_name="/partition")
+    assert "padded to 9x9" in info and "9 routes of 9 tokens" in info
+
+
+def test_erf_defaults(client):
+    fig, table, info, picker = client.predict(api_name="/erf")
+    assert_picture(fig)
+    assert [str(r) for r in (row[0] for row in table["data"])] == ["all", "0", "1", "2", "3"]
+    assert any("area ratio 0.99" in h for h in table["headers"])
+    assert "random weights (seed 0)" in info and "output grid 56x56" in info
+    assert picker  # the picture to pick a position on
+
+
+def test_erf_per_route_positions_for_ss2d_mixer(client):
+    fig, table, info, _ = client.predict(scan="SS2D", level="mixer", stage=1, row=3, col=5, api_name="/erf")
+    rows = table["data"]
+    assert len(rows) == 5 and all((r[2], r[3]) == (3, 5) for r in rows)
+
+
+def test_attribution_defaults_say_the_model_is_random(client):
+    top, maps, routes, table, info = client.predict(api_name="/attribution")
+    assert len(top["confidences"]) == 5
+    assert_picture(maps) and assert_picture(routes)
+    assert "random" in info.lower()
+    assert len(table["data"]) >= 4
+
+
+def test_hidden_attention_defaults(client):
+    row_fig, matrix, info = client.predict(api_name="/hidden_attention")
+    assert_picture(row_fig) and assert_picture(matrix)
+    assert "layers.0.blocks.0.op: a 56x56 map; query (28, 28)" in info
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inputs")
+    (d / "notes.txt").write_text("hello")
+    (d / "fake.png").write_text("hello")
+    Image.fromarray(np.full((40, 50), 128, np.uint8)).save(d / "grey.png")
+    Image.fromarray(np.full((40, 50, 4), 200, np.uint8)).save(d / "rgba.png")
+    Image.fromarray(np.zeros((2500, 3000, 3), np.uint8)).save(d / "huge.png")
+    import evmamba
+    torch.save({"model": evmamba.build_model("small").state_dict()}, d / "small.pth")
+    (d / "corrupt.pth").write_bytes(b"\x80\x02 not a checkpoint")
+    return d
+
+
+BAD = [
+    ("/partition", dict(height=0), "less than minimum value"),
+    ("/partition", dict(height=4, width=4, step=6), "step 6 is larger than the 4x4 grid"),
+    ("/partition", dict(upload="notes.txt"), "Invalid file type"),
+    ("/partition", dict(upload="fake.png"), "cannot read fake.png as an image"),
+    ("/erf", dict(checkpoint="small.pth"), "this checkpoint is for EfficientVMamba-small, not the tiny model chosen: "
+                                           "pick variant 'small'"),
+    ("/erf", dict(checkpoint="corrupt.pth"), "is not a readable PyTorch checkpoint"),
+    ("/erf", dict(checkpoint="missing.pth"), "checkpoint file not found"),
+    ("/erf", dict(row=500, col=3), r"outside the 56x56 output grid"),
+    ("/erf", dict(row=5), "set both the output row and column"),
+    ("/attribution", dict(methods=[]), "choose at least one attribution method"),
+    ("/hidden_attention", dict(route="7"), "route must be between 0 and 3"),
+    ("/hidden_attention", dict(row=90), "query row must be between 0 and 55"),
+]
+
+
+@pytest.mark.parametrize("api,kwargs,message", BAD, ids=[f"{a}-{'-'.join(k)}" for a, k, _ in BAD])
+def test_bad_inputs_give_messages_and_the_server_survives(client, files, api, kwargs, message):
+    import re
+    kwargs = {k: (handle_file(str(files / v)) if k == "upload" else
+                  str(files / v) if k == "checkpoint" else v) for k, v in kwargs.items()}
+    with pytest.raises(AppError) as e:
+        client.predict(api_name=api, **kwargs)
+    assert re.search(message, str(e.value)), str(e.value)
+    assert "Traceback" not in str(e.value)
+    assert client.predict(height=4, width=4, api_name="/partition")[0]["plot"]
+
+
+@pytest.mark.parametrize("name", ["grey.png", "rgba.png"])
+def test_grey_and_rgba_images_work(client, files, name):
+    *_, info = client.predict(upload=handle_file(str(files / name)), api_name="/partition")
+    assert f"image: {name}" in info
+
+
+def test_huge_images_are_downscaled_with_a_note(client, files):
+    *_, info = client.predict(upload=handle_file(str(files / "huge.png")), api_name="/partition")
+    assert "the image was 3000x2500 pixels and has been downscaled to 2048x1707" in info

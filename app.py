@@ -155,6 +155,8 @@ def partition_view(scan="ES2D", height=8, width=8, step=2, sample="astronaut", u
     picture, note, name = pick_image(sample, upload)
     routes = evmamba.scan_routes(scan, height, width, step)
     main = partition_plotly(routes, picture, frames=40 if routes.tokens_read <= 16384 else 20)
+    main.update_layout(width=None, autosize=True, margin=dict(t=130),
+                       legend=dict(orientation="h", yanchor="bottom", y=1.01, x=0))
     regrouped = regrouped_plotly(routes, picture)
     ch, cw = min(height, 16), min(width, 16)
     comparison = scan_comparison_plotly(picture, height=ch, width=cw, step=step if scan == "es2d" else 2)

@@ -1,0 +1,183 @@
+"""Procedurally generated image tasks that train in minutes on a CPU and tell local from global ability.
+
+Every image is a pure function of (task, seed, index, size): no downloads, no files. Its labels are drawn
+first and the image is then drawn to match them, so labels are correct by construction.
+
+    texture   (local)   which of four orientations (0, 45, 90, 135 degrees) a grey grating has (random
+                        period 4-8 px, phase, brightness, contrast, pixel noise). Every 8x8 window shows
+                        the orientation, so local filters and the global average pool solve it.
+    markers   (global)  two coloured 8x8 squares, one in the left and one in the right third of the image
+                        (at least a third of the image apart), on grey noise: do their colours match?
+                        Per-position features averaged over the image cannot answer this: the average
+                        of "red here" and "green there" is the midpoint of "red, red" and "green,
+                        green", so no linear read-out of the pooled features separates same from
+                        different. Some layer must carry one marker's colour to the other's position.
+    texture+markers     both at once: the markers drawn on the grating; two labels per image
+                        (orientation, match), answered by two heads of one classifier.
+
+The markers keep their size (8x8 pixels) at every image size, so larger images put them further apart
+in tokens: the global task gets harder with resolution, as long-range dependencies do.
+
+`make_task(name, count, size, seed)` returns a TaskData: float images in [0, 1] (N, 3, H, W), integer
+labels (N, heads), and per-image details (`meta`) that say how each image was drawn (the tests check the
+labels against the pixels with them).
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+# Marker colours (RGB in [0, 1]): saturated, far from each other and from any grey of the backgrounds.
+MARKER_COLOURS = {
+    "red": (0.95, 0.1, 0.1),
+    "blue": (0.15, 0.25, 1.0),
+}
+MARKER_SIDE = 8  # pixels, at every image size
+MARKER_NOISE = 0.05  # standard deviation of the grey background's pixel noise
+ORIENTATIONS = (0, 45, 90, 135)  # degrees from horizontal (image rows run downwards), the texture classes
+PERIODS = (4.0, 8.0)  # grating period range, pixels
+TEXTURE_NOISE = 0.06
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    name: str
+    kind: str  # local, global, or both
+    heads: tuple  # classes per label column
+    head_names: tuple
+    class_names: tuple  # per head, a tuple of class names
+    description: str
+
+
+_ORIENTATION_NAMES = tuple(f"{a} deg" for a in ORIENTATIONS)
+TASKS = {
+    "texture": TaskInfo("texture", "local", (len(ORIENTATIONS),), ("orientation",), (_ORIENTATION_NAMES,),
+                        "which of four orientations a grey grating (random period, phase, contrast, noise) has"),
+    "markers": TaskInfo("markers", "global", (2,), ("match",), (("different", "same"),),
+                        "do two coloured squares, one in the left and one in the right third, have the same colour"),
+    "texture+markers": TaskInfo("texture+markers", "local and global", (len(ORIENTATIONS), 2),
+                                ("orientation", "match"), (_ORIENTATION_NAMES, ("different", "same")),
+                                "the markers drawn on the grating: its orientation, and whether the markers match"),
+}
+# Which task and label head measures which ability (the tables' accuracy columns).
+HEAD_ABILITY = {"orientation": "local", "match": "global"}
+
+
+@dataclass
+class TaskData:
+    info: TaskInfo
+    images: torch.Tensor  # (N, 3, H, W) float32 in [0, 1]
+    labels: torch.Tensor  # (N, heads) int64
+    seed: int
+    meta: list = field(default_factory=list)
+
+    def __len__(self):
+        return self.images.shape[0]
+
+
+def _check(name, count, size, seed):
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}: valid tasks are {', '.join(TASKS)}")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"count must be a positive integer, got {count!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 32:
+        raise ValueError(f"size must be an integer >= 32 (the network downsamples by 32), got {size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+
+
+def _rng(name: str, seed: int, index: int) -> np.random.Generator:
+    """One generator per image, so image i is the same whatever range it is generated in."""
+    return np.random.default_rng([seed, index, zlib.crc32(name.encode())])
+
+
+# ---- drawing -------------------------------------------------------------------------------------------
+def grating(rng: np.random.Generator, size: int, orientation: int) -> tuple[np.ndarray, dict]:
+    """A grey grating whose stripes run at `orientation` degrees (ORIENTATIONS), with random period, phase,
+    brightness, contrast and pixel noise: (3, size, size) in [0, 1]."""
+    angle = np.deg2rad(orientation)
+    period = rng.uniform(*PERIODS)
+    phase = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    # the intensity changes along the stripes' normal; stripes at `angle` from horizontal, rows downwards
+    wave = np.sin(2 * np.pi * (-xx * np.sin(angle) - yy * np.cos(angle)) / period + phase)
+    low = rng.uniform(0.1, 0.45)
+    high = rng.uniform(low + 0.3, 0.95)
+    t = low + (high - low) * (0.5 + 0.5 * wave)
+    img = np.repeat(t[None], 3, axis=0) + rng.normal(0, TEXTURE_NOISE, size=(3, size, size))
+    return np.clip(img, 0, 1), dict(orientation=orientation, period=period)
+
+
+def place_markers(rng: np.random.Generator, img: np.ndarray, match: int) -> dict:
+    """Draw two MARKER_SIDE squares on `img` (in place), one in the left third and one in the right third,
+    of the same colour when match is 1 and of different colours when 0."""
+    size = img.shape[-1]
+    names = list(MARKER_COLOURS)
+    first = int(rng.integers(len(names)))
+    second = first if match == 1 else (first + int(rng.integers(1, len(names)))) % len(names)
+    s = MARKER_SIDE
+    third = size // 3
+    boxes = []
+    for colour, (c_lo, c_hi) in zip((first, second), ((0, third - s), (size - third, size - s))):
+        r = int(rng.integers(0, size - s + 1))
+        c = int(rng.integers(c_lo, max(c_lo, c_hi) + 1))
+        boxes.append((r, c, names[colour]))
+    if rng.random() < 0.5:  # which colour sits on the left carries no information
+        boxes = [(r, c, name) for (r, c, _), (_, _, name) in zip(boxes, reversed(boxes))]
+    for r, c, name in boxes:
+        img[:, r:r + s, c:c + s] = np.asarray(MARKER_COLOURS[name])[:, None, None]
+    return dict(boxes=boxes, side=s)
+
+
+def _texture(rng, size, labels):
+    return grating(rng, size, ORIENTATIONS[labels[0]])
+
+
+def _markers(rng, size, labels):
+    img = np.clip(0.5 + rng.normal(0, MARKER_NOISE, size=(3, size, size)), 0, 1)
+    return img, place_markers(rng, img, labels[0])
+
+
+def _both(rng, size, labels):
+    img, details = grating(rng, size, ORIENTATIONS[labels[0]])
+    details.update(place_markers(rng, img, labels[1]))
+    return img, details
+
+
+_DRAW = {"texture": _texture, "markers": _markers, "texture+markers": _both}
+
+
+def draw_image(name: str, size: int, seed: int, index: int):
+    """Image `index` of task `name`'s stream for `seed`: (image (3, size, size) float array in [0, 1],
+    labels (one per head), details). The labels are drawn first (each uniformly) and the image made to
+    match them."""
+    info = TASKS[name]
+    rng = _rng(name, seed, index)
+    labels = [int(rng.integers(n)) for n in info.heads]
+    img, details = _DRAW[name](rng, size, labels)
+    return img, labels, details
+
+
+def make_task(name: str, count: int, size: int = 32, seed: int = 0, start: int = 0) -> TaskData:
+    """`count` images of task `name` at size×size: images start..start+count-1 of the stream for `seed`."""
+    _check(name, count, size, seed)
+    info = TASKS[name]
+    images = np.empty((count, 3, size, size), dtype=np.float32)
+    labels = np.empty((count, len(info.heads)), dtype=np.int64)
+    meta = []
+    for i in range(count):
+        images[i], labels[i], details = draw_image(name, size, seed, start + i)
+        meta.append(details)
+    return TaskData(info, torch.from_numpy(images), torch.from_numpy(labels), seed, meta)
+
+
+def task_splits(name: str, train: int, test: int, size: int, seed: int) -> tuple[TaskData, TaskData]:
+    """A training set and a disjoint test set (different image indices of the same seeded stream)."""
+    return make_task(name, train, size, seed), make_task(name, test, size, seed, start=train)
+
+
+__all__ = ["HEAD_ABILITY", "MARKER_COLOURS", "MARKER_SIDE", "ORIENTATIONS", "TASKS", "TaskData", "TaskInfo",
+           "draw_image", "grating", "make_task", "place_markers", "task_splits"]

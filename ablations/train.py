@@ -1,0 +1,441 @@
+"""The trainer: one model on one dataset (a procedural task or an ImageFolder), on one process or many.
+
+    result = train(TrainConfig(data="texture", scan="ss2d", steps=200), "runs/ss2d-texture")
+
+AdamW (no weight decay on norms, biases and the scan's A_logs and Ds, as the authors), a linear warm-up
+then a cosine schedule per step, label smoothing, mixed precision on a GPU (bf16 where supported, else fp16
+with loss scaling), an optional exponential moving average of the weights (EMA), and checkpoints:
+
+    OUT/last.pth    written every `save_every` steps and at the end: the weights in the authors' format
+                    ({"model": state_dict}, plus "model_ema") and what resuming needs (optimizer,
+                    schedule, step, random state, history)
+    OUT/final.pth   the trained weights only, in the authors' format (evmamba.load_checkpoint and the
+                    authors' code read it); "model_ema" too when EMA is on
+    OUT/result.json the configuration, the test accuracy per label head, the loss history, the time
+
+Running again with the same OUT resumes from last.pth (the data order and the random state depend only on
+the seed and the step, so the resumed run ends exactly where an uninterrupted one would).
+
+Several processes: launch with torchrun (`torchrun --nproc_per_node N -m ablations train ...`); the model
+is wrapped in DistributedDataParallel (gloo on CPU, nccl on GPU), each process reads its share of every
+batch (batch_size is per process), BatchNorm statistics are synchronised (SyncBatchNorm on GPU, averaged
+before each evaluation and save on CPU), and only rank 0 writes files.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .data import build_dataset, shard_batches
+from .store import atomic_write_text
+
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # the model (evmamba.build_model switches)
+    variant: str = "tiny"
+    scan: str = "es2d"
+    step: int = 2
+    conv_branch: bool = True
+    se: bool = True
+    stages: str | tuple = "released"
+    drop_path: float = 0.0
+    backend: str = "auto"
+    # the data: a task name (texture, markers) or an ImageFolder path
+    data: str = "texture"
+    val_data: str | None = None
+    image_size: int = 32
+    train_images: int = 4096  # procedural tasks only
+    test_images: int = 1024
+    workers: int = 0
+    # the optimisation
+    steps: int | None = None  # total optimiser steps; or
+    epochs: int | None = None  # passes over the training set (steps = epochs · batches per epoch)
+    batch_size: int = 32  # per process
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup_steps: int = 0
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    clip_grad: float | None = 5.0
+    ema_decay: float = 0.0  # 0: no EMA
+    amp: str = "auto"  # auto: bf16/fp16 on a GPU, off on a CPU
+    seed: int = 0
+    # checkpoints
+    save_every: int = 0  # 0: only at the end
+    eval_batch_size: int = 128
+
+    def validate(self) -> "TrainConfig":
+        from evmamba.model import ModelConfig
+        ModelConfig(variant=self.variant, scan=self.scan, step=self.step, conv_branch=self.conv_branch, se=self.se,
+                    stages=self.stages, drop_path=self.drop_path, backend=self.backend).validate()
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of steps (optimiser steps) and epochs (passes over the data)")
+        for name in ("steps", "epochs"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("batch_size", "image_size", "train_images", "test_images", "eval_batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("warmup_steps", "save_every", "workers", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+        if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr!r}, min_lr={self.min_lr!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1) (0 turns EMA off), got {self.ema_decay!r}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        return self
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        if isinstance(d["stages"], tuple):
+            d["stages"] = list(d["stages"])
+        return d
+
+
+# ---- processes ------------------------------------------------------------------------------------------
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    owns_group: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+
+def setup_distributed(device: str | None = None) -> Distributed:
+    """Join the process group torchrun describes in the environment (WORLD_SIZE, RANK, LOCAL_RANK), or
+    run alone. GPU processes use cuda:LOCAL_RANK and nccl; CPU processes use gloo."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank if dev.index is None else dev.index)
+        torch.cuda.set_device(dev)
+    owns = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        owns = True
+    if dist.is_initialized():
+        world, rank = dist.get_world_size(), dist.get_rank()
+    return Distributed(rank, world, local_rank, dev, owns)
+
+
+def _sync_buffers(model: nn.Module, ddp: Distributed):
+    """Give every process rank 0's buffers (BatchNorm statistics). DistributedDataParallel does this at the
+    start of every forward pass, so rank 0's are the run's; after the last step the others still hold
+    their own last update."""
+    if ddp.world == 1:
+        return
+    for buf in model.buffers():
+        dist.broadcast(buf, 0)
+
+
+# ---- pieces ---------------------------------------------------------------------------------------------
+NO_DECAY = ("A_logs", "Ds")
+
+
+def parameter_groups(model: nn.Module, weight_decay: float):
+    """AdamW groups: weight decay on weight matrices and kernels, none on norms, biases, A_logs and Ds."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.dim() <= 1 or name.endswith(NO_DECAY) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def learning_rate(step: int, total: int, lr: float, min_lr: float, warmup: int) -> float:
+    """Linear warm-up from lr/warmup to lr over `warmup` steps, then cosine from lr down to min_lr at `total`."""
+    if warmup and step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+class EMA:
+    """Exponential moving average of the weights (floating-point buffers too); integer buffers are copied."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module):
+        for e, m in zip(self.module.state_dict().values(), model.state_dict().values()):
+            if e.is_floating_point():
+                e.mul_(self.decay).add_(m.detach(), alpha=1 - self.decay)
+            else:
+                e.copy_(m)
+
+
+def amp_dtype(mode: str, device: torch.device):
+    """The autocast dtype for `mode` on `device`, or None for full precision (CPU runs: always None)."""
+    if mode == "off" or device.type != "cuda":
+        if mode in ("bf16", "fp16") and device.type != "cuda":
+            raise ValueError(f"amp={mode} needs a GPU; this run is on {device}: use amp='auto' or 'off'")
+        return None
+    if mode == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if mode == "bf16" else torch.float16
+
+
+def head_losses(logits: torch.Tensor, labels: torch.Tensor, heads, smoothing: float) -> torch.Tensor:
+    """Sum over label heads of the cross-entropy of that head's slice of the logits."""
+    loss, start = 0.0, 0
+    for h, n in enumerate(heads):
+        loss = loss + F.cross_entropy(logits[:, start:start + n].float(), labels[:, h], label_smoothing=smoothing)
+        start += n
+    return loss
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset, heads, *, batch_size: int, ddp: Distributed, autocast=None,
+             workers: int = 0) -> dict:
+    """Accuracy per head and mean loss (no smoothing) on `dataset`, each process evaluating its share."""
+    model.eval()
+    n = len(dataset)
+    mine = list(range(ddp.rank, n, ddp.world))
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, mine), batch_size=batch_size,
+                                         num_workers=workers, generator=torch.Generator())
+    correct = torch.zeros(len(heads), dtype=torch.float64)
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    for x, y in loader:
+        x, y = x.to(ddp.device), y.to(ddp.device)
+        with autocast() if autocast else contextlib.nullcontext():
+            logits = model(x)
+        start = 0
+        for h, k in enumerate(heads):
+            correct[h] += (logits[:, start:start + k].argmax(1) == y[:, h]).sum().item()
+            start += k
+        loss_sum += head_losses(logits, y, heads, 0.0).item() * x.shape[0]
+    totals = torch.cat([correct, loss_sum[None]])
+    if ddp.world > 1:
+        dist.all_reduce(totals)
+    model.train()
+    return {"accuracy": (totals[:-1] / n).tolist(), "loss": (totals[-1] / n).item(), "images": n}
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 of every tensor of the model's state dict, in key order: equal digests, equal weights."""
+    import hashlib
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict):
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---- the loop -------------------------------------------------------------------------------------------
+class Interrupted(Exception):
+    """Raised by a `stop` callback to end a run early (the last checkpoint stays for resuming)."""
+
+
+def train(config: TrainConfig, out_dir, *, resume: bool = True, device: str | None = None, progress=None,
+          bar: bool = True, stop=None) -> dict:
+    """Train `config` and write OUT/last.pth, OUT/final.pth and OUT/result.json (rank 0). Returns the result.
+
+    progress: optional callable progress(fraction, desc=...) called after every step.
+    stop: optional callable stop(step) -> bool, asked after every step (and its checkpoint); True ends the
+        run by raising `Interrupted`, as an interruption would (used to test resuming).
+    """
+    from tqdm.auto import tqdm
+
+    from evmamba import build_model, save_checkpoint
+
+    config = config.validate()
+    out = Path(out_dir)
+    ddp = setup_distributed(device)
+    started = time.perf_counter()
+    try:
+        train_set = build_dataset(config.data, split="train", size=config.image_size, seed=config.seed,
+                                  count=config.train_images)
+        test_set = build_dataset(config.data, split="test", size=config.image_size, seed=config.seed,
+                                 count=config.test_images, start=config.train_images, val_data=config.val_data)
+        heads = tuple(train_set.heads)
+        if tuple(test_set.heads) != heads:
+            raise ValueError(f"the training data has {heads} classes but the evaluation data {tuple(test_set.heads)}")
+        batches_per_epoch = len(train_set) // (config.batch_size * ddp.world)
+        if batches_per_epoch < 1:
+            raise ValueError(f"{len(train_set)} training images make no batch of {config.batch_size} x "
+                             f"{ddp.world} processes: lower batch_size or add images")
+        total = config.steps or config.epochs * batches_per_epoch
+
+        torch.manual_seed(config.seed)
+        model = build_model(config.variant, scan=config.scan, step=config.step, conv_branch=config.conv_branch,
+                            se=config.se, stages=config.stages, num_classes=sum(heads),
+                            drop_path=config.drop_path, backend=config.backend).to(ddp.device)
+        if ddp.world > 1 and ddp.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
+        optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
+        dtype = amp_dtype(config.amp, ddp.device)
+        scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+        autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if dtype is not None else None
+
+        step, history = 0, []
+        last = out / "last.pth"
+        if resume and last.exists():
+            state = torch.load(last, map_location="cpu", weights_only=True)
+            if state.get("train_config") != config.to_dict():
+                raise ValueError(f"{last} was written by a different configuration; use another output folder "
+                                 "or pass resume=False (--no-resume) to start again")
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if ema is not None:
+                ema.module.load_state_dict(state["model_ema"])
+            if scaler is not None and "scaler" in state:
+                scaler.load_state_dict(state["scaler"])
+            step, history = int(state["step"]), list(state["history"])
+            _set_rng_state(state["rng"])
+        net = model
+        if ddp.world > 1:
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[ddp.device.index] if ddp.device.type == "cuda" else None)
+
+        def save_state(path_step: int):
+            _sync_buffers(model, ddp)
+            if ddp.main:
+                extra = {"optimizer": optimizer.state_dict(), "step": path_step, "history": history,
+                         "rng": _rng_state(), "train_config": config.to_dict()}
+                if ema is not None:
+                    extra["model_ema"] = ema.module.state_dict()
+                if scaler is not None:
+                    extra["scaler"] = scaler.state_dict()
+                save_checkpoint(model, last, extra=extra)
+            ddp.barrier()
+
+        desc = f"{config.variant} {config.scan} {config.data} seed {config.seed}"
+        net.train()
+        with tqdm(total=total, initial=step, desc=desc, leave=False, disable=not (bar and ddp.main)) as pbar:
+            while step < total:
+                epoch, offset = divmod(step, batches_per_epoch)
+                train_set.set_epoch(epoch)
+                batches = shard_batches(len(train_set), config.batch_size, config.seed, epoch, ddp.rank, ddp.world)
+                # its own generator: making a loader must not draw from the global random state that
+                # drop-path uses (a resumed run makes one more loader than an uninterrupted one)
+                loader = torch.utils.data.DataLoader(train_set, batch_sampler=batches[offset:],
+                                                     num_workers=config.workers,
+                                                     pin_memory=ddp.device.type == "cuda",
+                                                     generator=torch.Generator().manual_seed(config.seed))
+                for x, y in loader:
+                    x, y = x.to(ddp.device, non_blocking=True), y.to(ddp.device, non_blocking=True)
+                    lr = learning_rate(step, total, config.lr, config.min_lr, config.warmup_steps)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    with autocast() if autocast else contextlib.nullcontext():
+                        logits = net(x)
+                    loss = head_losses(logits, y, heads, config.label_smoothing)
+                    optimizer.zero_grad(set_to_none=True)
+                    if scaler is not None:
+                        scaler.scale(loss).backward()
+                        scaler.unscale_(optimizer)
+                    else:
+                        loss.backward()
+                    if config.clip_grad:
+                        nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+                    if scaler is not None:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
+                    if ema is not None:
+                        ema.update(model)
+                    step += 1
+                    history.append([step, round(loss.item(), 5), lr])
+                    pbar.update(1)
+                    pbar.set_postfix(loss=f"{loss.item():.3f}")
+                    if progress is not None:
+                        progress(step / total, desc=desc)
+                    if config.save_every and step % config.save_every == 0 and step < total:
+                        save_state(step)
+                    if stop is not None and stop(step):
+                        raise Interrupted(f"stopped after step {step}")
+                    if step >= total:
+                        break
+
+        save_state(step)
+        metrics = evaluate(model, test_set, heads, batch_size=config.eval_batch_size,
+                           ddp=ddp, autocast=autocast, workers=config.workers)
+        ema_metrics = None
+        if ema is not None:
+            ema_metrics = evaluate(ema.module, test_set, heads, batch_size=config.eval_batch_size, ddp=ddp,
+                                   autocast=autocast, workers=config.workers)
+        result = {
+            "config": config.to_dict(),
+            "heads": list(heads),
+            "head_names": list(getattr(train_set, "head_names", ("class",))),
+            "train_data": train_set.describe(),
+            "test_data": test_set.describe(),
+            "steps": total,
+            "processes": ddp.world,
+            "device": str(ddp.device),
+            "amp": str(dtype).replace("torch.", "") if dtype else "off",
+            "test": metrics,
+            "test_ema": ema_metrics,
+            "final_loss": history[-1][1] if history else None,
+            "history": history,
+            "seconds": time.perf_counter() - started,
+            "weights_sha256": weights_digest(model),
+            "checkpoint": str(out / "final.pth"),
+        }
+        if ddp.main:
+            extra = {"model_ema": ema.module.state_dict()} if ema is not None else None
+            save_checkpoint(model, out / "final.pth", extra=extra)
+            atomic_write_text(out / "result.json", json.dumps(result, indent=1))
+        ddp.barrier()
+        return result
+    finally:
+        if ddp.owns_group:
+            dist.destroy_process_group()
+
+
+__all__ = ["AMP_MODES", "EMA", "Interrupted", "TrainConfig", "evaluate", "learning_rate", "parameter_groups",
+           "setup_distributed", "train", "weights_digest"]

@@ -81,17 +81,23 @@ def _label(result: RouteERFs) -> str:
             f"{result.output_grid[0]}×{result.output_grid[1]} output; {result.inputs}")
 
 
+def _named(results, what: str) -> dict:
+    """label -> RouteERFs from one result (label None), a list ("(1)", "(2)", ...) or a dict."""
+    if isinstance(results, RouteERFs):
+        results = {None: results}
+    elif isinstance(results, (list, tuple)):
+        results = {None if len(results) == 1 else f"({i + 1})": r for i, r in enumerate(results)}
+    if not isinstance(results, dict) or not results or not all(isinstance(r, RouteERFs) for r in results.values()):
+        raise ValueError(f"{what} takes a RouteERFs from effective_receptive_fields (or a dict or list of them)")
+    return results
+
+
 def erf_figure(results, *, normalisation: str = "power", exponent: float = 0.2, thresholds=THRESHOLDS,
                square: float | None = 0.99, cmap: str = "magma", title: str | None = None) -> Figure:
     """One row per result (a RouteERFs, or a dict label -> RouteERFs, or a list): the ERF of all routes
     together, then of each route alone, each in its route's colour; maps normalised by `normalisation`
     (power with `exponent`, log or linear); the dashed square holds `square` of the contribution."""
-    if isinstance(results, RouteERFs):
-        results = {None: results}
-    elif isinstance(results, (list, tuple)):
-        results = {None if len(results) == 1 else f"({i + 1})": r for i, r in enumerate(results)}
-    if not results or not all(isinstance(r, RouteERFs) for r in results.values()):
-        raise ValueError("erf_figure takes a RouteERFs from effective_receptive_fields (or a dict or list of them)")
+    results = _named(results, "erf_figure")
     rows = []  # (label, result, erfs of one figure row)
     for label, r in results.items():
         erfs = r.all()
@@ -123,9 +129,8 @@ def erf_figure(results, *, normalisation: str = "power", exponent: float = 0.2, 
 
 def area_ratio_figure(results, *, thresholds=THRESHOLDS, title: str | None = None) -> Figure:
     """High-contribution area ratio against the threshold, one line per route (all routes: dark, thick),
-    one panel per result (a RouteERFs, or a dict label -> RouteERFs)."""
-    if isinstance(results, RouteERFs):
-        results = {None: results}
+    one panel per result (a RouteERFs, or a dict label -> RouteERFs, or a list)."""
+    results = _named(results, "area_ratio_figure")
     with paper_style():
         fig = Figure(figsize=(2.6 * len(results) + 0.4, 2.4), layout="constrained")
         axes = np.atleast_1d(fig.subplots(1, len(results), squeeze=False)[0])
@@ -138,7 +143,7 @@ def area_ratio_figure(results, *, thresholds=THRESHOLDS, title: str | None = Non
             ax.set_yscale("log")
             ax.set_xlabel("threshold (share of the total contribution)")
             ax.set_ylabel("area ratio (% of the map)")
-            ax.set_title(_label(r) if label is None else str(label), fontsize=7, wrap=True)
+            ax.set_title(_label(r) if label is None else f"{label} {_label(r)}", fontsize=7, wrap=True)
             ax.legend(frameon=False, fontsize=6)
         if title:
             fig.suptitle(title, fontsize=8)

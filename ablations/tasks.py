@@ -12,7 +12,8 @@ first and the image is then drawn to match them, so labels are correct by constr
                         of "red here" and "green there" is the midpoint of "red, red" and "green,
                         green", so no linear read-out of the pooled features separates same from
                         different. Some layer must carry one marker's colour to the other's position.
-    texture+markers     both at once: the markers drawn on the grating; two labels per image
+    texture+markers     both at once: the grating fills the middle third of the image and the markers sit
+                        on grey in the outer thirds (the grating between them); two labels per image
                         (orientation, match), answered by two heads of one classifier.
 
 The markers keep their size (8x8 pixels) at every image size, so larger images put them further apart
@@ -60,7 +61,7 @@ TASKS = {
                         "do two coloured squares, one in the left and one in the right third, have the same colour"),
     "texture+markers": TaskInfo("texture+markers", "local and global", (len(ORIENTATIONS), 2),
                                 ("orientation", "match"), (_ORIENTATION_NAMES, ("different", "same")),
-                                "the markers drawn on the grating: its orientation, and whether the markers match"),
+                                "a grating in the middle third between the two markers: its orientation, and whether the markers match"),
 }
 # Which task and label head measures which ability (the tables' accuracy columns).
 HEAD_ABILITY = {"orientation": "local", "match": "global"}
@@ -142,8 +143,14 @@ def _markers(rng, size, labels):
 
 
 def _both(rng, size, labels):
-    img, details = grating(rng, size, ORIENTATIONS[labels[0]])
+    """The grating fills the middle third; the markers sit on grey noise in the outer thirds, so the
+    grating lies between them."""
+    img = np.clip(0.5 + rng.normal(0, MARKER_NOISE, size=(3, size, size)), 0, 1)
+    texture, details = grating(rng, size, ORIENTATIONS[labels[0]])
+    third = size // 3
+    img[:, :, third:size - third] = texture[:, :, third:size - third]
     details.update(place_markers(rng, img, labels[1]))
+    details["band"] = (third, size - third)
     return img, details
 
 

@@ -73,6 +73,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     clip_grad: float | None = 5.0
     ema_decay: float = 0.0  # 0: no EMA
+    bn_batches: int = 0  # before testing, re-estimate BatchNorm statistics on this many training batches
     amp: str = "auto"  # auto: bf16/fp16 on a GPU, off on a CPU
     seed: int = 0
     # checkpoints
@@ -93,7 +94,7 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("warmup_steps", "save_every", "workers", "seed"):
+        for name in ("warmup_steps", "save_every", "workers", "seed", "bn_batches"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
@@ -183,6 +184,30 @@ def learning_rate(step: int, total: int, lr: float, min_lr: float, warmup: int) 
         return lr * (step + 1) / warmup
     progress = (step - warmup) / max(total - warmup, 1)
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches, device) -> int:
+    """Re-estimate every BatchNorm's running mean and variance as the plain average over `batches` (an
+    iterable of (x, y)), everything else in evaluation mode (no drop-path, no randomness). After a short
+    run the running averages (momentum 0.1) still remember the first steps; this makes the test use the
+    statistics of the trained network. Returns the number of BatchNorm layers."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    was_training = model.training
+    momenta = [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+        m.train()
+    for x, _ in batches:
+        model(x.to(device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)
+    return len(norms)
 
 
 class EMA:
@@ -401,6 +426,15 @@ def train(config: TrainConfig, out_dir, *, resume: bool = True, device: str | No
                     if step >= total:
                         break
 
+        if config.bn_batches:
+            extra_epoch = 1_000_003  # a data order of its own, the same on every run
+            batches = shard_batches(len(train_set), config.batch_size, config.seed, extra_epoch, ddp.rank,
+                                    ddp.world)[:config.bn_batches]
+            loader = torch.utils.data.DataLoader(train_set, batch_sampler=batches, num_workers=config.workers,
+                                                 generator=torch.Generator())
+            recalibrate_batchnorm(model, loader, ddp.device)
+            if ema is not None:
+                recalibrate_batchnorm(ema.module, loader, ddp.device)
         save_state(step)
         metrics = evaluate(model, test_set, heads, batch_size=config.eval_batch_size,
                            ddp=ddp, autocast=autocast, workers=config.workers)
@@ -438,4 +472,4 @@ def train(config: TrainConfig, out_dir, *, resume: bool = True, device: str | No
 
 
 __all__ = ["AMP_MODES", "EMA", "Interrupted", "TrainConfig", "evaluate", "learning_rate", "parameter_groups",
-           "setup_distributed", "train", "weights_digest"]
+           "recalibrate_batchnorm", "setup_distributed", "train", "weights_digest"]

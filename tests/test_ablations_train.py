@@ -28,7 +28,7 @@ def test_loss_falls_on_a_tiny_run(tmp_path):
 
 def test_interrupted_run_resumes_to_the_same_state(tmp_path):
     config = TrainConfig(**SMALL, data="texture+markers", steps=7, save_every=2, drop_path=0.1, ema_decay=0.9,
-                         lr=1e-3, warmup_steps=2)
+                         lr=1e-3, warmup_steps=2, bn_batches=2)
     whole = train(config, tmp_path / "whole", bar=False)
 
     with pytest.raises(Interrupted):

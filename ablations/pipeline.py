@@ -1,0 +1,585 @@
+"""`python -m ablations all`: measure, train, and write every table and figure, reusing what is already done.
+
+    1. timing      throughput, latency and the resolution sweep, in this process, one at a time (nothing
+                   else of ours runs meanwhile)
+    2. items       FLOPs and parameters, memory, ERFs at initialisation and the training runs, in a pool of
+                   worker processes (one thread each on a CPU), longest first
+    3. artifacts   tables (CSV, Markdown, LaTeX) and figures (PNG, PDF), then OUT/manifest.json and
+                   OUT/index.md (every table and figure on one page)
+
+Every item is stored in the cache under a hash of its configuration and reused by later runs (unless
+forced); every file is written to a temporary name and renamed into place. A figure or table is rendered
+again only when the data it shows changed (its key, a hash of that data, is kept in the manifest).
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shlex
+import sys
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .config import Mode, Row, load_grid, load_paper_numbers
+from .store import (ResultStore, atomic_path, atomic_write_text, canonical, config_hash, device_description,
+                    file_digest, git_revision, package_versions, save_figure)
+from .tasks import TASKS
+
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "evmamba" / "ablations"
+PNG_DPI = 150
+TIMING_THREADS = 1
+
+
+@dataclass
+class Options:
+    out: Path
+    quick: bool = False
+    grid: Path | None = None
+    cache: Path = DEFAULT_CACHE
+    force: bool = False
+    jobs: int = 2
+    device: str = "cpu"
+    tables: bool = True
+    figures: bool = True
+    train: bool = True
+    bar: bool = True
+    command: str = ""
+
+
+@dataclass
+class Artifact:
+    path: str
+    kind: str  # table or figure
+    format: str
+    key: str
+    reused: bool
+    seconds: float
+    sha256: str = ""
+    bytes: int = 0
+    seeds: list = field(default_factory=list)
+    shows: str = ""
+    revision: str = ""
+    generated: str = ""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ---- work done in worker processes -------------------------------------------------------------------
+def _init_worker(threads: int):
+    import warnings
+
+    import torch
+    torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore", category=UserWarning)
+
+
+def _work(kind: str, payload: dict):
+    """One item; runs in a worker process (or inline). Returns a JSON-able result."""
+    from . import measure
+    if kind == "cost":
+        return measure.static_cost(payload["row"])
+    if kind == "memory":
+        return measure.peak_memory(payload["row"], payload["size"], payload["batch"], payload["device"])
+    if kind == "erf":
+        return measure.erf_ratios(payload["row"], stage=payload["stage"], size=payload["size"],
+                                  inputs=payload["inputs"], seed=payload["seed"])
+    if kind == "train":
+        from .train import TrainConfig, train
+        config = TrainConfig(**{**payload["config"], "stages": payload["config"]["stages"]})
+        out = Path(payload["dir"])
+        result = train(config, out, resume=True, device=payload["device"], bar=False)
+        (out / "last.pth").unlink(missing_ok=True)  # only needed to resume an unfinished run
+        if not payload["keep"]:
+            (out / "final.pth").unlink(missing_ok=True)
+        return result
+    raise ValueError(f"unknown item kind {kind!r}")
+
+
+# ---- the run ------------------------------------------------------------------------------------------
+class Pipeline:
+    def __init__(self, options: Options, progress=None):
+        self.o = options
+        self.progress = progress
+        self.grid = load_grid(options.grid)
+        self.mode: Mode = self.grid.mode("quick" if options.quick else "full")
+        self.paper = load_paper_numbers()
+        self.store = ResultStore(options.cache)
+        self.rows = self.grid.rows()
+        self.device_long = device_description(options.device)
+        import torch
+        if options.device.startswith("cuda"):
+            self.threads = torch.get_num_threads()
+            self.device_short = torch.cuda.get_device_name(torch.device(options.device))
+        else:
+            # One thread: on a CPU shared with other work, several threads wait for each other at every
+            # operator and the timings swing by 10x; one thread gives the same number run after run.
+            self.threads = TIMING_THREADS
+            self.device_short = f"CPU, {self.threads} thread" + ("s" if self.threads > 1 else "")
+        self.results = {"cost": {}, "speed": {}, "memory": {}, "erf": {}, "runs": {}, "scaling": {},
+                        "rows": {r.slug(): r for r in self.rows}, "device_short": self.device_short,
+                        "device_type": "cuda" if options.device.startswith("cuda") else "cpu",
+                        "heads": self.heads(), "failed": {}}
+        self.failures: list[str] = []
+        self.artifacts: list[Artifact] = []
+        self.revision = git_revision()
+        self.previous = self._previous_manifest()
+
+    def heads(self) -> list[str]:
+        out = []
+        for t in self.mode.tasks:
+            for h in TASKS[t].head_names:
+                if h not in out:
+                    out.append(h)
+        return out
+
+    def _previous_manifest(self) -> dict:
+        p = self.o.out / "manifest.json"
+        try:
+            return {a["path"]: a for a in json.loads(p.read_text())["artifacts"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+
+    def _report(self, fraction: float, desc: str):
+        if self.progress is not None:
+            self.progress(fraction, desc=desc)
+
+    # ---- 1. timing ----------------------------------------------------------------------------------
+    def timing(self):
+        m = self.mode
+        speed_rows = [r for r in self.rows if m.selects("speed", r)]
+        scans = ("es2d", "ss2d")
+        todo = []
+        for r in speed_rows:
+            cfg = {"row": r.as_dict(), "size": m.speed_size, "batch": m.speed_batch, "repeats": m.speed_repeats,
+                   "device": self.device_long, "threads": self.threads}
+            todo.append(("speed", r, cfg))
+        for scan in scans:
+            r = Row(scan=scan)
+            cfg = {"row": r.as_dict(), "sizes": m.scaling_sizes, "batch": m.scaling_batch,
+                   "repeats": m.scaling_repeats, "device": self.device_long, "threads": self.threads}
+            todo.append(("scaling", r, cfg))
+        import torch
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            self._timing(todo)
+        finally:
+            torch.set_num_threads(before)
+
+    def _timing(self, todo):
+        from . import measure
+        m = self.mode
+        for i, (kind, r, cfg) in enumerate(tqdm(todo, desc="timing", disable=not self.o.bar)):
+            res = None if self.o.force else self.store.get(kind, cfg, r.slug())
+            if res is None:
+                if kind == "speed":
+                    res = measure.speed(r.as_dict(), m.speed_size, m.speed_batch, m.speed_repeats, self.o.device)
+                else:
+                    res = measure.scaling(r.as_dict(), m.scaling_sizes, batch=m.scaling_batch,
+                                          repeats=m.scaling_repeats, device=self.o.device)
+                self.store.put(kind, cfg, res, r.slug())
+            if kind == "speed":
+                self.results["speed"][r.slug()] = res
+            else:
+                self.results["scaling"][r.scan] = res
+            self._report((i + 1) / len(todo), "timing")
+
+    # ---- 2. items -----------------------------------------------------------------------------------
+    def train_config(self, row: Row, task: str, seed: int) -> dict:
+        from .train import TrainConfig
+        m = self.mode
+        cfg = TrainConfig(**row.as_dict(), data=task, image_size=m.image_size, train_images=m.train_images,
+                          test_images=m.test_images, steps=m.steps, batch_size=m.batch_size, lr=m.lr,
+                          min_lr=m.min_lr, warmup_steps=m.warmup_steps, weight_decay=m.weight_decay,
+                          label_smoothing=m.label_smoothing, ema_decay=m.ema_decay, bn_batches=m.bn_batches,
+                          seed=seed)
+        return cfg.validate().to_dict()
+
+    def run_dir(self, row: Row, task: str, seed: int) -> Path:
+        cfg = self.train_config(row, task, seed)
+        return self.o.cache / "runs" / f"{row.slug()}-{task}-s{seed}-{config_hash(cfg)}"
+
+    def items(self) -> list[tuple]:
+        """(kind, row, task, seed, cfg, payload, estimated cost) for every item of phase 2."""
+        m = self.mode
+        out = []
+        for r in self.rows:
+            out.append(("cost", r, None, None, {"row": r.as_dict()}, {"row": r.as_dict()}, 1))
+            if m.selects("memory", r):
+                cfg = {"row": r.as_dict(), "size": m.speed_size, "batch": m.memory_batch, "device": self.device_long}
+                out.append(("memory", r, None, None, cfg, {**cfg, "device": self.o.device}, 3))
+            if m.selects("erf", r):
+                cfg = {"row": r.as_dict(), "stage": m.erf_stage, "size": m.erf_size, "inputs": m.erf_inputs,
+                       "seed": 0}
+                out.append(("erf", r, None, None, cfg, cfg, 2))
+        if self.o.train:
+            first = m.seeds[0]
+            for r in self.rows:
+                if not m.selects("train", r):
+                    continue
+                for task in m.tasks:
+                    for seed in m.seeds:
+                        cfg = self.train_config(r, task, seed)
+                        payload = {"config": cfg, "dir": str(self.run_dir(r, task, seed)), "device": self.o.device,
+                                   "keep": seed == first}
+                        cost = 100 * (3 if r.scan == "ss2d" else 1)
+                        out.append(("train", r, task, seed, cfg, payload, cost))
+        return out
+
+    def _keep(self, kind, r, task, seed, res):
+        key = r.slug()
+        if kind == "train":
+            self.results["runs"].setdefault(key, []).append(res)
+        else:
+            self.results[kind][key] = res
+
+    def compute_items(self):
+        todo = []
+        for kind, r, task, seed, cfg, payload, cost in self.items():
+            name = r.slug() + (f"-{task}-s{seed}" if task else "")
+            res = None if self.o.force else self.store.get(kind, cfg, name)
+            if res is not None and kind == "train" and seed == self.mode.seeds[0] \
+                    and not Path(res["checkpoint"]).exists():
+                res = None  # the first seed's weights are needed for the trained-ERF figure
+            if res is None:
+                todo.append((kind, r, task, seed, cfg, payload, cost, name))
+            else:
+                self._keep(kind, r, task, seed, res)
+        todo.sort(key=lambda t: -t[6])  # longest first
+        if not todo:
+            return
+        threads = 1 if self.o.device == "cpu" else self.threads
+        bar = tqdm(total=len(todo), desc="items (train, cost, memory, ERF)", disable=not self.o.bar)
+
+        def finish(item, res, error=None):
+            kind, r, task, seed, cfg, payload, cost, name = item
+            if error is not None:
+                self.failures.append(f"{kind} {name}: {error}")
+                self.results["failed"].setdefault(kind, set()).add(r.slug())
+            else:
+                self.store.put(kind, cfg, res, name)
+                self._keep(kind, r, task, seed, res)
+            bar.update(1)
+            bar.set_postfix_str(f"{kind} {name}"[:60])
+            self._report(bar.n / len(todo), "items")
+
+        if self.o.jobs <= 1:
+            import torch
+            before = torch.get_num_threads()
+            _init_worker(threads)
+            try:
+                for item in todo:
+                    try:
+                        finish(item, _work(item[0], item[5]))
+                    except Exception as e:  # noqa: BLE001 - reported with the item's name
+                        finish(item, None, f"{type(e).__name__}: {e}")
+            finally:
+                torch.set_num_threads(before)
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(self.o.jobs, mp_context=ctx, initializer=_init_worker,
+                                     initargs=(threads,)) as pool:
+                futures = {pool.submit(_work, item[0], item[5]): item for item in todo}
+                for f in as_completed(futures):
+                    item = futures[f]
+                    try:
+                        finish(item, f.result())
+                    except Exception as e:  # noqa: BLE001
+                        detail = "".join(traceback.format_exception_only(type(e), e)).strip()
+                        finish(item, None, detail)
+        bar.close()
+        # seeds in order, whatever order the pool finished them in
+        for runs in self.results["runs"].values():
+            runs.sort(key=lambda r: (r["config"]["data"], r["config"]["seed"]))
+
+    # ---- 3. artifacts ------------------------------------------------------------------------------
+    def _artifact(self, rel: str, kind: str, key: str, render, seeds=(), shows: str = "") -> None:
+        """Write OUT/rel with render(path) unless the manifest has it with the same key and the file is
+        unchanged; record it."""
+        path = self.o.out / rel
+        fmt = path.suffix.lstrip(".")
+        prev = self.previous.get(rel)
+        if (not self.o.force and prev and prev.get("key") == key and path.exists()
+                and file_digest(path) == prev.get("sha256")):
+            self.artifacts.append(Artifact(**{**prev, "reused": True}))
+            return
+        t = time.perf_counter()
+        render(path)
+        self.artifacts.append(Artifact(rel, kind, fmt, key, False, round(time.perf_counter() - t, 3),
+                                       file_digest(path), path.stat().st_size, list(seeds), shows, self.revision,
+                                       _now()))
+
+    def _caption(self, extra: str = "") -> str:
+        m = self.mode
+        parts = [f"Mode: {'--quick' if self.o.quick else 'full'}.",
+                 f"Timing on {self.device_long} ({self.device_short}), float32, median of {m.speed_repeats} runs.",
+                 f"Memory: one training step (forward + backward) at {m.speed_size}², "
+                 + ("growth of a fresh process's resident set." if self.results["device_type"] == "cpu"
+                    else "CUDA allocator peak."),
+                 f"ERF: network to the end of stage {m.erf_stage + 1}, {m.erf_size}² random inputs "
+                 f"({m.erf_inputs}), seed 0, share of the contribution inside the smallest centred square.",
+                 f"Accuracy: {', '.join(m.tasks)} at {m.image_size}², {m.steps} steps of batch {m.batch_size} "
+                 f"(AdamW, lr {m.lr:g}, cosine, {m.warmup_steps} warm-up steps, label smoothing "
+                 f"{m.label_smoothing:g}"
+                 + (f", BatchNorm statistics re-estimated on {m.bn_batches} batches" if m.bn_batches else "")
+                 + f"), tested on {m.test_images} held-out images; mean ± std over seeds "
+                 f"{', '.join(map(str, m.seeds))}.",
+                 "Columns marked [paper] or [authors' code] are reference numbers from the paper "
+                 "(arXiv 2403.09977) and the authors' code, not measured here."]
+        return " ".join(parts) + (" " + extra if extra else "")
+
+    def write_tables(self):
+        from . import tables as T
+        m = self.mode
+        frames = {}
+        for name, table in self.grid.tables.items():
+            frames[name] = (T.ablation_table(table, self.results, m, self.paper), table.title, table.question)
+        if self.results["erf"]:
+            frames["erf_init"] = (T.erf_table(self.results, m), "Effective receptive field area at initialisation",
+                                  "How local is each design before training?")
+        if self.results["scaling"]:
+            frames["scaling"] = (T.scaling_table(self.results),
+                                 f"Cost against input resolution, tiny model, batch {m.scaling_batch}, "
+                                 f"{self.device_short}", "Does the cost grow linearly with the number of tokens?")
+        self.tables = {}
+        for name, (df, title, question) in frames.items():
+            bad = T.check_filled(df)
+            if bad:
+                raise AssertionError(f"table {name} has empty cells: {', '.join(bad[:5])}")
+            caption = f"{title}. {question}".strip()
+            key = config_hash({"table": name, "caption": caption, "note": self._caption(),
+                               "data": json.loads(df.to_json(orient="split"))})
+            seeds = m.seeds if name in self.grid.tables else []
+            shows = f"{title}"
+            note = self._caption()
+            self._artifact(f"tables/{name}.csv", "table", key, lambda p, df=df: _write(p, T.to_csv(df)), seeds, shows)
+            self._artifact(f"tables/{name}.md", "table", key,
+                           lambda p, df=df, c=caption: _write(p, T.to_markdown(df, f"**{c}**\n\n{note}")), seeds, shows)
+            self._artifact(f"tables/{name}.tex", "table", key,
+                           lambda p, df=df, c=caption, n=name: _write(p, T.to_latex(df, f"{c} {note}", f"tab:{n}")),
+                           seeds, shows)
+            self.tables[name] = (df, caption)
+
+    def _figure(self, name: str, key_data, make, seeds=(), shows: str = ""):
+        key = config_hash({"figure": name, "data": key_data})
+        holder = {}
+
+        def fig():
+            if "fig" not in holder:
+                holder["fig"] = make()
+            return holder["fig"]
+
+        self._artifact(f"figures/{name}.png", "figure", key, lambda p: save_png(fig(), p), seeds, shows)
+        self._artifact(f"figures/{name}.pdf", "figure", key, lambda p: save_figure(fig(), p), seeds, shows)
+
+    def write_figures(self):
+        from . import figures as F
+        from .tables import HEAD_TITLES, accuracy_by_head
+        m = self.mode
+        steps = tqdm(total=7, desc="figures", disable=not self.o.bar)
+
+        self._figure("scan_ss2d_vs_es2d", {"grid": [8, 8], "step": 2}, lambda: F.scan_figure(8, 8, 2),
+                     shows="SS2D's four routes and ES2D's four sub-map routes on an 8x8 grid, from the model's routes")
+        steps.update(1)
+        self._figure("tasks", {"tasks": list(TASKS), "size": m.image_size},
+                     lambda: F.task_examples_figure(list(TASKS), m.image_size),
+                     shows="examples of the procedural tasks")
+        steps.update(1)
+
+        measured = {}
+        for v in ("tiny", "small", "base"):
+            c = self.results["cost"].get(Row(variant=v).slug())
+            if c:
+                measured[v] = c["flops"] / 1e9
+        self._figure("accuracy_vs_flops", {"measured": measured, "paper": self.paper["table2"]},
+                     lambda: F.accuracy_flops_figure(self.paper, measured),
+                     shows="ImageNet top-1 [paper] against FLOPs: the paper's and ours")
+        steps.update(1)
+
+        if self.results["scaling"]:
+            pts = self.results["scaling"]
+            self._figure("scaling", {"points": pts, "device": self.device_long},
+                         lambda: F.scaling_figure(pts, self.device_short,
+                                                  note=f"tiny, released design, batch {m.scaling_batch}, float32; "
+                                                       f"{self.device_long}"),
+                         shows="time per image and activation memory against tokens, ES2D and SS2D")
+        steps.update(1)
+
+        # accuracy bars and training curves for the first table that has trained rows
+        trained = [r for r in self.grid.tables[next(iter(self.grid.tables))].rows if r.slug() in self.results["runs"]]
+        if trained:
+            groups, curves = [], []
+            for r in trained:
+                runs = self.results["runs"][r.slug()]
+                label = f"{r.scan.upper()} {'+' if r.conv_branch else '-'}conv {'+' if r.se else '-'}gate"
+                groups.append({"label": label, "scan": r.scan, "conv": r.conv_branch, "gate": r.se,
+                               "acc": accuracy_by_head(runs)})
+                for task in m.tasks:
+                    curves.append({"task": task, "label": label, "scan": r.scan, "conv": r.conv_branch,
+                                   "gate": r.se, "losses": [[h[1] for h in run["history"]] for run in runs
+                                                            if run["config"]["data"] == task]})
+            classes = {h: n for t in m.tasks for h, n in zip(TASKS[t].head_names, TASKS[t].heads)}
+            note = (f"{trained[0].variant}, {', '.join(m.tasks)} at {m.image_size}², {m.steps} steps, "
+                    f"seeds {', '.join(map(str, m.seeds))}; bar: mean, whisker: std, dots: seeds")
+            self._figure("ablation_accuracy", {"groups": groups, "note": note},
+                         lambda: F.ablation_bars_figure(groups, self.heads(), HEAD_TITLES, classes, note),
+                         seeds=m.seeds, shows="task accuracy per design, mean ± std over seeds")
+            self._figure("training_curves", {"curves": curves},
+                         lambda: F.training_curves_figure(curves, note=note.split(";")[0]),
+                         seeds=m.seeds, shows="training loss per design, mean over seeds")
+        steps.update(2)
+
+        erf_key, erf_make = self._trained_erf()
+        if erf_make is not None:
+            self._figure("erf_routes", erf_key, erf_make, seeds=m.seeds[:1],
+                         shows="ERF of all routes and each route, ES2D and SS2D, at initialisation and trained")
+        steps.update(1)
+        steps.close()
+
+    def _trained_erf(self):
+        """(key, maker) of the per-route ERF figure: the scan mixer of the last block of stage 1, ES2D and SS2D
+        (released design, first seed, first task), at initialisation and after training, on the features it
+        receives from held-out task images at the training size; (None, None) without trained runs."""
+        m = self.mode
+        # the global task when there is one: its ERFs show what training did to the long-range routes
+        task = next((t for t in m.tasks if TASKS[t].kind == "global"), m.tasks[0])
+        seed = m.seeds[0]
+        entries = []
+        for scan in ("es2d", "ss2d"):
+            r = Row(scan=scan)
+            if not m.selects("train", r) or r.slug() not in self.results["runs"]:
+                continue
+            run = next((x for x in self.results["runs"][r.slug()]
+                        if x["config"]["data"] == task and x["config"]["seed"] == seed), None)
+            if run is None or not Path(run["checkpoint"]).exists():
+                continue
+            entries.append((r, run))
+        if not entries:
+            return None, None
+        key = {"runs": [config_hash(run["config"]) for _, run in entries], "inputs": m.trained_erf_inputs, "v": 2}
+
+        def make():
+            import torch
+
+            from evmamba import build_model, load_checkpoint
+            from evmamba.analysis.erf import captured_inputs, mixer_erf
+
+            from .data import TaskDataset
+            test = TaskDataset(task, m.trained_erf_inputs, m.image_size, seed, start=m.train_images)
+            images = torch.stack([test[i][0] for i in range(len(test))])
+            results = {}
+            for r, run in entries:
+                cfg = run["config"]
+                heads = sum(run["heads"])
+                torch.manual_seed(cfg["seed"])  # the trainer's initialisation
+                init = build_model(**r.as_dict(), num_classes=heads, backend=cfg["backend"]).eval()
+                trained = build_model(**r.as_dict(), num_classes=heads, backend=cfg["backend"])
+                load_checkpoint(trained, run["checkpoint"])
+                for label, model in (("initialisation", init), ("trained", trained.eval())):
+                    block = len(model.layers[0].blocks) - 1
+                    mixer = model.layers[0].blocks[block].op
+                    features = captured_inputs(model, mixer, images, 0)
+                    results[f"{r.scan.upper()}, {label}"] = mixer_erf(
+                        mixer, features, bar=False, method="autograd", name=f"layers.0.blocks.{block}.op",
+                        inputs=f"features of {len(images)} {task} test images")
+            return F.erf_figure(results, title=f"Per-route effective receptive fields of the last scan mixer of "
+                                               f"stage 1 (tiny, {task} at {m.image_size}², seed {seed}): "
+                                               "all routes, then each route alone")
+
+        from . import figures as F
+        return key, make
+
+    def write_index(self):
+        """OUT/index.md: every table (Markdown) and figure (PNG) on one page."""
+        lines = [f"# Ablations ({'--quick' if self.o.quick else 'full'} mode)", "",
+                 f"Regenerate with `{self.o.command}`. Device: {self.device_long}. "
+                 f"Revision: {self.revision}. Provenance of every file: [manifest.json](manifest.json).", ""]
+        for a in self.artifacts:
+            if a.kind == "figure" and a.format == "png":
+                lines += [f"## {a.shows or a.path}", "", f"![{a.shows}]({a.path})", ""]
+        for name, (df, caption) in getattr(self, "tables", {}).items():
+            lines += [f"## Table: {name}", "", (self.o.out / f"tables/{name}.md").read_text(), ""]
+        _write(self.o.out / "index.md", "\n".join(lines))
+
+    def run(self) -> dict:
+        started, t0 = _now(), time.perf_counter()
+        self.o.out.mkdir(parents=True, exist_ok=True)
+        phases = {}
+        steps = [("timing", self.timing), ("items", self.compute_items)]
+        if self.o.tables:
+            steps.append(("tables", self.write_tables))
+        if self.o.figures:
+            steps.append(("figures", self.write_figures))
+        if self.o.tables and self.o.figures:
+            steps.append(("index", self.write_index))
+        for name, step in steps:
+            t = time.perf_counter()
+            step()
+            phases[name] = round(time.perf_counter() - t, 1)
+        elapsed = time.perf_counter() - t0
+        manifest = {
+            "command": self.o.command,
+            "git_revision": self.revision,
+            "device": self.device_long,
+            "device_short": self.device_short,
+            "threads": self.threads,
+            "workers": self.o.jobs,
+            "mode": "quick" if self.o.quick else "full",
+            "grid": {"file": self.grid.source, "sha256": file_digest(self.grid.source)},
+            "settings": self.mode.settings,
+            "seeds": self.mode.seeds,
+            "packages": package_versions(),
+            "started": started,
+            "finished": _now(),
+            "elapsed_s": round(elapsed, 1),
+            "phases_s": phases,
+            "cache": str(self.o.cache),
+            "failures": self.failures,
+            "artifacts": [a.__dict__ for a in self.artifacts],
+        }
+        _write(self.o.out / "manifest.json", json.dumps(manifest, indent=1, default=str))
+        return manifest
+
+
+def _write(path: Path, text: str):
+    atomic_write_text(path, text)
+
+
+def save_png(fig, path: Path):
+    """A small PNG: rendered at PNG_DPI, then reduced to a 256-colour palette (plots have few colours)."""
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=PNG_DPI)
+    buf.seek(0)
+    with Image.open(buf) as im:
+        small = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+        with atomic_path(path) as tmp:
+            small.save(tmp, format="png", optimize=True)
+
+
+def run_all(options: Options, progress=None) -> dict:
+    """Run the pipeline; returns the manifest. Raises RuntimeError (after writing what it could) when some
+    items failed."""
+    manifest = Pipeline(options, progress).run()
+    if manifest["failures"]:
+        raise RuntimeError("some items failed (their cells are marked in the tables):\n  "
+                           + "\n  ".join(manifest["failures"]))
+    return manifest
+
+
+def command_line(argv) -> str:
+    return "python -m ablations " + " ".join(shlex.quote(a) for a in argv)
+
+
+__all__ = ["DEFAULT_CACHE", "Options", "Pipeline", "command_line", "run_all", "save_png"]

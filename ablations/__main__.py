@@ -77,6 +77,8 @@ def _train_parser(sub):
     g.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     g.add_argument("--clip-grad", type=float, default=d.clip_grad)
     g.add_argument("--ema-decay", type=float, default=d.ema_decay, help="0 turns EMA off")
+    g.add_argument("--bn-batches", type=int, default=d.bn_batches,
+                   help="re-estimate BatchNorm statistics on this many training batches before testing")
     g.add_argument("--amp", default=d.amp, choices=AMP_MODES)
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps (0: at the end)")
@@ -163,7 +165,8 @@ def _train(args) -> int:
                          test_images=args.test_images, workers=args.workers, steps=args.steps, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr, warmup_steps=args.warmup_steps,
                          weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-                         clip_grad=args.clip_grad or None, ema_decay=args.ema_decay, amp=args.amp, seed=args.seed,
+                         clip_grad=args.clip_grad or None, ema_decay=args.ema_decay, bn_batches=args.bn_batches,
+                         amp=args.amp, seed=args.seed,
                          save_every=args.save_every)
     result = train(config, args.out, resume=not args.no_resume, device=args.device)
     if result is not None and int(__import__("os").environ.get("RANK", "0")) == 0:

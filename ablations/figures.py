@@ -180,7 +180,7 @@ def training_curves_figure(curves: list[dict], note: str = "") -> Figure:
     task, one line per design (mean over seeds)."""
     tasks = list(dict.fromkeys(c["task"] for c in curves))
     with paper_style():
-        fig = Figure(figsize=(3.2 * len(tasks) + 0.4, 3.0), layout="constrained")
+        fig = Figure(figsize=(3.2 * len(tasks) + 0.4, 3.3), layout="constrained")
         axes = np.atleast_1d(fig.subplots(1, len(tasks), squeeze=False)[0])
         for ax, task in zip(axes, tasks):
             for c in (c for c in curves if c["task"] == task):
@@ -192,7 +192,8 @@ def training_curves_figure(curves: list[dict], note: str = "") -> Figure:
             ax.set_xlabel("optimiser step")
             ax.set_ylabel("training loss (mean over seeds)")
             ax.set_title(task)
-        axes[-1].legend(frameon=False, fontsize=5.5, ncol=2)
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncol=4, frameon=False, fontsize=6)
         if note:
             fig.suptitle(note, fontsize=7)
     return fig

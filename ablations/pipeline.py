@@ -221,18 +221,18 @@ class Pipeline:
                 cfg = {"row": r.as_dict(), "stage": m.erf_stage, "size": m.erf_size, "inputs": m.erf_inputs,
                        "seed": 0}
                 out.append(("erf", r, None, None, cfg, cfg, 2))
-        if self.o.train:
-            first = m.seeds[0]
-            for r in self.rows:
-                if not m.selects("train", r):
-                    continue
-                for task in m.tasks:
-                    for seed in m.seeds:
-                        cfg = self.train_config(r, task, seed)
-                        payload = {"config": cfg, "dir": str(self.run_dir(r, task, seed)), "device": self.o.device,
-                                   "keep": seed == first}
-                        cost = 100 * (3 if r.scan == "ss2d" else 1)
-                        out.append(("train", r, task, seed, cfg, payload, cost))
+        # training runs always (with train=False only their stored results are used)
+        first = m.seeds[0]
+        for r in self.rows:
+            if not m.selects("train", r):
+                continue
+            for task in m.tasks:
+                for seed in m.seeds:
+                    cfg = self.train_config(r, task, seed)
+                    payload = {"config": cfg, "dir": str(self.run_dir(r, task, seed)), "device": self.o.device,
+                               "keep": seed == first}
+                    cost = 100 * (3 if r.scan == "ss2d" else 1)
+                    out.append(("train", r, task, seed, cfg, payload, cost))
         return out
 
     def _keep(self, kind, r, task, seed, res):
@@ -247,9 +247,11 @@ class Pipeline:
         for kind, r, task, seed, cfg, payload, cost in self.items():
             name = r.slug() + (f"-{task}-s{seed}" if task else "")
             res = None if self.o.force else self.store.get(kind, cfg, name)
-            if res is not None and kind == "train" and seed == self.mode.seeds[0] \
-                    and not Path(res["checkpoint"]).exists():
+            if res is not None and kind == "train" and seed == self.mode.seeds[0] and self.o.train \
+                    and self.o.figures and not Path(res["checkpoint"]).exists():
                 res = None  # the first seed's weights are needed for the trained-ERF figure
+            if res is None and kind == "train" and not self.o.train:
+                continue
             if res is None:
                 todo.append((kind, r, task, seed, cfg, payload, cost, name))
             else:
@@ -500,9 +502,19 @@ class Pipeline:
 
     def write_index(self):
         """OUT/index.md: every table (Markdown) and figure (PNG) on one page."""
+        m = self.mode
         lines = [f"# Ablations ({'--quick' if self.o.quick else 'full'} mode)", "",
                  f"Regenerate with `{self.o.command}`. Device: {self.device_long}. "
-                 f"Revision: {self.revision}. Provenance of every file: [manifest.json](manifest.json).", ""]
+                 f"Revision: {self.revision}. Provenance of every file: [manifest.json](manifest.json).", "",
+                 "Cost columns (parameters, FLOPs at 224² in the paper's convention, time, memory, receptive "
+                 "fields) are measured by this project. Accuracy columns come from short runs on procedural "
+                 f"tasks ({', '.join(m.tasks)}; see `ablations/tasks.py`) at {m.image_size}², {m.steps} steps, "
+                 f"seeds {', '.join(map(str, m.seeds))}: they compare designs on local and long-range ability, "
+                 "not ImageNet accuracy. "
+                 + ("In the quick mode the runs are very short: differences smaller than the standard "
+                    "deviations are noise; `python -m ablations all` (without --quick) trains longer, with more "
+                    "seeds and more rows. " if self.o.quick else "")
+                 + "Columns marked [paper] or [authors' code] are reference numbers, not measured here.", ""]
         for a in self.artifacts:
             if a.kind == "figure" and a.format == "png":
                 lines += [f"## {a.shows or a.path}", "", f"![{a.shows}]({a.path})", ""]

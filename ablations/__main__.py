@@ -36,7 +36,7 @@ def _pipeline_parser(sub, name, help_text):
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
                    help=f"where finished items and training runs are kept (default: {DEFAULT_CACHE})")
     p.add_argument("--force", action="store_true", help="recompute everything, ignoring the cache")
-    p.add_argument("--jobs", type=int, default=None, help="worker processes (default: 2 on a CPU, 1 on a GPU)")
+    p.add_argument("--jobs", type=int, default=None, help="worker processes (default: one per CPU core, at most 8; 1 on a GPU)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-train", action="store_true", help="skip training runs (accuracy from the cache only)")
     p.add_argument("--no-bar", action="store_true", help="no progress bars")
@@ -130,7 +130,8 @@ def _pipeline(args, argv) -> int:
 
     from .pipeline import Options, command_line, run_all
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    jobs = args.jobs if args.jobs is not None else (1 if device.startswith("cuda") else 2)
+    import os
+    jobs = args.jobs if args.jobs is not None else (1 if device.startswith("cuda") else min(os.cpu_count() or 1, 8))
     if jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {jobs}")
     options = Options(out=args.out, quick=args.quick, grid=args.grid, cache=args.cache, force=args.force, jobs=jobs,

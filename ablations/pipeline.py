@@ -17,7 +17,6 @@ import json
 import multiprocessing
 import os
 import shlex
-import sys
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -28,8 +27,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .config import Mode, Row, load_grid, load_paper_numbers
-from .store import (ResultStore, atomic_path, atomic_write_text, canonical, config_hash, device_description,
-                    file_digest, git_revision, package_versions, save_figure)
+from .store import (ResultStore, atomic_path, atomic_write_text, config_hash, device_description, file_digest,
+                    git_revision, package_versions, save_figure)
 from .tasks import TASKS
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "evmamba" / "ablations"

@@ -1,7 +1,6 @@
 """The grid file, the table builders, config-hash reuse, atomic writes and the manifest of `python -m ablations`."""
 import json
 import os
-from pathlib import Path
 
 import pytest
 

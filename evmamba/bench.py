@@ -115,14 +115,23 @@ def accuracy(lengths) -> dict:
 
 def peak_memory_mb(variant="tiny", size=224, scan="es2d") -> float:
     """Peak resident memory (MB) of a fresh process running one forward+backward with the torch backend."""
-    code = ("import resource, torch, evmamba;"
+    code = ("import torch, evmamba;"
             f"m = evmamba.build_model({variant!r}, scan={scan!r}, backend='torch');"
-            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
             f"m(torch.randn(1, 3, {size}, {size}, requires_grad=True)).sum().backward();"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, base)")
+            "from evmamba.bench import peak_rss_mb; print(peak_rss_mb())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    peak_kb, _ = map(int, out.stdout.split())
-    return peak_kb / 1024
+    return float(out.stdout)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB. Linux's VmHWM starts afresh at exec; getrusage's maxrss
+    (the fallback elsewhere) would also count the pages a parent held when it forked this process."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main(argv=None):

@@ -32,28 +32,36 @@ def _recurrence(decay, drive, h_prev, out):
     return out
 
 
+def _decay_and_drive(dt_c, u_c, A, B_c, decay, drive):
+    """decay = exp(dt·A) and drive = dt·u·B for one chunk, written into the given buffers."""
+    torch.mul(dt_c[..., None], A, out=decay).exp_()
+    torch.mul((dt_c * u_c)[..., None], B_c[:, :, :, None, :], out=drive)
+
+
 class _SelectiveScanCore(torch.autograd.Function):
-    """y (L, b, G, d) from time-major u, dt (L, b, G, d), B, C (L, b, G, N) and A (G, d, N)."""
+    """y (L, b, G, d) from time-major u, dt (L, b, G, d), B, C (L, b, G, N) and A (G, d, N).
+
+    Each chunk works in a few (chunk, b, G, d, N) buffers allocated once per call, so the loop allocates
+    no state-sized tensors (fresh allocations of that size cost page faults on every chunk)."""
 
     @staticmethod
     def forward(ctx, u, dt, A, B, C, chunk):
         length = u.shape[0]
         state = u.shape[1:] + A.shape[-1:]  # (b, G, d, N)
-        h = u.new_zeros(state)
+        decay, drive, hbuf = (u.new_empty((chunk,) + state) for _ in range(3))
         y = u.new_empty(u.shape)
-        starts = []
-        buf = u.new_empty((chunk,) + state)
-        for t0 in range(0, length, chunk):
+        starts = u.new_empty((-(-length // chunk),) + state)  # the state entering each chunk
+        h = u.new_zeros(state)
+        for j, t0 in enumerate(range(0, length, chunk)):
             t1 = min(t0 + chunk, length)
-            starts.append(h)
-            dt_c = dt[t0:t1, ..., None]
-            decay = torch.exp(dt_c * A)
-            drive = (dt_c * u[t0:t1, ..., None]) * B[t0:t1, :, :, None, :]
-            hc = _recurrence(decay, drive, h, buf[: t1 - t0])
+            n = t1 - t0
+            starts[j] = h
+            _decay_and_drive(dt[t0:t1], u[t0:t1], A, B[t0:t1], decay[:n], drive[:n])
+            hc = _recurrence(decay[:n], drive[:n], h, hbuf[:n])
             y[t0:t1] = torch.einsum("tbgdn,tbgn->tbgd", hc, C[t0:t1])
-            h = hc[-1].clone()
+            h = hc[-1]
         ctx.chunk = chunk
-        ctx.save_for_backward(u, dt, A, B, C, torch.stack(starts))
+        ctx.save_for_backward(u, dt, A, B, C, starts)
         return y
 
     @staticmethod
@@ -65,35 +73,31 @@ class _SelectiveScanCore(torch.autograd.Function):
         gu, gdt, gB, gC = (torch.empty_like(t) for t in (u, dt, B, C))
         gA = torch.zeros_like(A)
         carry = torch.zeros_like(starts[0])  # decay_{t1} ⊙ g_{t1}: the adjoint entering the chunk from the right
-        state = starts.shape[1:]
-        hbuf, gbuf = u.new_empty((chunk,) + state), u.new_empty((chunk,) + state)
+        decay, drive, hbuf, gbuf = (u.new_empty((chunk,) + starts.shape[1:]) for _ in range(4))
         for j in range(starts.shape[0] - 1, -1, -1):
             t0 = j * chunk
             t1 = min(t0 + chunk, length)
             n = t1 - t0
             dt_c, u_c, B_c, C_c, gy_c = dt[t0:t1], u[t0:t1], B[t0:t1], C[t0:t1], gy[t0:t1]
-            decay = torch.exp(dt_c[..., None] * A)
-            drive = (dt_c * u_c)[..., None] * B_c[:, :, :, None, :]
-            h = _recurrence(decay, drive, starts[j], hbuf[:n])
-            # adjoint recurrence, backwards: g_t = C_t dy_t + decay_{t+1} g_{t+1}
-            gh = gy_c[..., None] * C_c[:, :, :, None, :]
-            g = gbuf[:n]
-            torch.add(gh[n - 1], carry, out=g[n - 1])
-            nxt = g[n - 1]
-            for a, b, out in zip(decay[1:].unbind(0)[::-1], gh[:-1].unbind(0)[::-1], g[:-1].unbind(0)[::-1]):
-                torch.addcmul(b, a, nxt, out=out)
-                nxt = out
-            carry = decay[0] * g[0]
+            dec, drv = decay[:n], drive[:n]
+            _decay_and_drive(dt_c, u_c, A, B_c, dec, drv)
+            h = _recurrence(dec, drv, starts[j], hbuf[:n])
+            # adjoint recurrence, backwards and in place: g_t = C_t dy_t + decay_{t+1} g_{t+1}
+            g = torch.mul(gy_c[..., None], C_c[:, :, :, None, :], out=gbuf[:n])
+            g[n - 1] += carry
+            for a, out, nxt in zip(dec[1:].unbind(0)[::-1], g[:-1].unbind(0)[::-1], g[1:].unbind(0)[::-1]):
+                out.addcmul_(a, nxt)
+            torch.mul(dec[0], g[0], out=carry)
             gC[t0:t1] = torch.einsum("tbgdn,tbgd->tbgn", h, gy_c)
             # through drive = dt·u·B
             gBu = torch.einsum("tbgdn,tbgn->tbgd", g, B_c)  # Σ_n g·B
             gB[t0:t1] = torch.einsum("tbgdn,tbgd->tbgn", g, dt_c * u_c)
             # through decay = exp(dt·A): d decay = decay·(A ddt + dt dA), with g·h_{t-1}·decay = g·(h - drive)
             # (elementwise products and plain sums here: einsum would pick slow batched matmuls)
-            q = g * (h - drive)
-            gA += (q * dt_c[..., None]).flatten(0, 1).sum(0)
-            gdt[t0:t1] = (q * A).sum(-1) + gBu * u_c
-            gu[t0:t1] = gBu * dt_c
+            q = torch.sub(h, drv, out=drv).mul_(g)
+            gA += torch.mul(q, dt_c[..., None], out=h).flatten(0, 1).sum(0)
+            torch.add(torch.mul(q, A, out=dec).sum(-1), gBu * u_c, out=gdt[t0:t1])
+            torch.mul(gBu, dt_c, out=gu[t0:t1])
         return gu, gdt, gA, gB, gC, None
 
 

@@ -298,6 +298,12 @@ def model_from_checkpoint(source, **overrides):
     return model
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(model: nn.Module, path, extra: dict | None = None) -> Path:
     """Write the model's weights to `path` atomically (a temporary file, then rename).
 
@@ -317,6 +323,7 @@ def save_checkpoint(model: nn.Module, path, extra: dict | None = None) -> Path:
         else:
             obj = {"model": sd, **({CONFIG_KEY: options} if options else {}), **(extra or {})}
             torch.save(obj, tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -119,3 +119,14 @@ def test_interrupted_overwrite_keeps_the_previous_file(tmp_path, trained, expect
     model = build_model("tiny")
     load_checkpoint(model, target)
     assert torch.equal(logits(model), expected)
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    import os
+    from evmamba import build_model, save_checkpoint
+    mask = os.umask(0o022)
+    try:
+        path = save_checkpoint(build_model("tiny", num_classes=2), tmp_path / "m.pth")
+    finally:
+        os.umask(mask)
+    assert os.stat(path).st_mode & 0o777 == 0o644

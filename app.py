@@ -34,7 +34,7 @@ from evmamba.checkpoint import CheckpointError, CheckpointMismatchError, describ
 
 log = logging.getLogger("evmamba.app")
 
-SETTINGS = {"device": "cpu", "checkpoint": "", "variant": "tiny"}  # set from the command line in main()
+SETTINGS = {"device": "cpu", "checkpoint": "", "variant": "tiny", "ablations": ""}  # set from the command line in main()
 UPLOAD = "(uploaded file)"
 MAX_GRID = 128
 MAX_STEP = 8
@@ -273,6 +273,53 @@ def hidden_attention_view(variant="tiny", scan="ES2D", step=2, conv_branch=True,
     return attention_row_figure(atts, (row, col)), hidden_attention_figure(atts), info
 
 
+# ---- tab 5: ablations ---------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def ablation_tables():
+    from ablations.browse import load_tables
+    return load_tables(SETTINGS["ablations"] or None)
+
+
+def ablation_titles() -> dict:
+    from ablations.config import load_grid
+    return {t.name: f"**{t.title}.** {t.question}" for t in load_grid().tables.values()}
+
+
+@shows_errors
+def ablation_view(table="scan_fusion", variant="all", scan="all", conv_branch="all", se="all",
+                  column="FLOPs (G, 224²)"):
+    from ablations.browse import column_chart, filter_rows, numeric_columns
+    tables = ablation_tables()
+    if table not in tables:
+        raise ValueError(f"no table {table!r}: tables are {', '.join(tables)}")
+    df = filter_rows(tables[table], variant=variant, scan=scan, conv_branch=conv_branch, se=se)
+    if df.empty:
+        raise ValueError("no row of this table matches these filters: set some of them back to 'all'")
+    columns = numeric_columns(df)
+    note = None
+    if column not in columns:
+        note = f"column {column!r} has no numbers in this table; showing {columns[0]!r}" if columns else None
+        column = columns[0] if columns else None
+    chart = column_chart(df, column) if column else None
+    info = notes(ablation_titles().get(table), f"{len(df)} rows. Columns marked [paper] or [authors' code] are the "
+                 "paper's reference numbers; every other cell was measured by this project (see "
+                 "assets/ablations/index.md for how, on which device and with which seeds).", note)
+    return df, chart, info
+
+
+@shows_errors
+def measure_view(variant="tiny", scan="ES2D", step=2, conv_branch=True, se=True, stages="released", measured=None,
+                 progress=gr.Progress()):
+    from ablations.browse import measure_row
+    row = measure_row(dict(variant=variant, scan=scan.lower(), step=integer(step, "step", 1, MAX_STEP),
+                           conv_branch=bool(conv_branch), se=bool(se), stages=stages),
+                      device=SETTINGS["device"], progress=progress)
+    import pandas as pd
+    previous = measured if isinstance(measured, pd.DataFrame) and not measured.empty else None
+    table = row if previous is None else pd.concat([previous, row], ignore_index=True)
+    return table, table
+
+
 # ---- layout -------------------------------------------------------------------------------------------------
 ABOUT = """
 ### What the pictures mean
@@ -415,10 +462,43 @@ def build_demo() -> gr.Blocks:
                 h_go.click(hidden_attention_view, model_inputs + [h_mixer, h_route, h_row, h_col, h_sample, h_upload],
                            [h_row_fig, h_matrix, h_info], api_name="hidden_attention", **ONE_MODEL_AT_A_TIME)
 
+            with gr.Tab("Ablations"):
+                with gr.Row():
+                    b_table = gr.Dropdown(["scan_fusion", "paper_table5", "stage_layout", "scan_step", "erf_init",
+                                           "scaling"], value="scan_fusion", label="table")
+                    b_variant = gr.Dropdown(["all", "tiny", "small", "base"], value="all", label="variant")
+                    b_scan = gr.Dropdown(["all", "ES2D", "SS2D"], value="all", label="scan")
+                    b_conv = gr.Dropdown(["all", "yes", "no"], value="all", label="conv branch")
+                    b_gate = gr.Dropdown(["all", "yes", "no"], value="all", label="gate")
+                    b_column = gr.Dropdown(["FLOPs (G, 224²)", "params (M)", "texture (local) accuracy (%)",
+                                            "markers (global) accuracy (%)", "ERF area at 0.99, init (%)"],
+                                           value="FLOPs (G, 224²)", allow_custom_value=True, label="chart column")
+                    b_go = gr.Button("Show", variant="primary")
+                b_info = gr.Markdown()
+                b_df = gr.Dataframe(label="ablation table (filtered)", wrap=True)
+                b_chart = gr.Plot(label="chart")
+                b_in = [b_table, b_variant, b_scan, b_conv, b_gate, b_column]
+                b_go.click(ablation_view, b_in, [b_df, b_chart, b_info], api_name="ablation_table")
+                with gr.Accordion("Measure a design that is not in the tables (cost columns, on this machine)",
+                                  open=False):
+                    with gr.Row():
+                        n_variant = gr.Dropdown(list(evmamba.VARIANTS), value="tiny", label="variant")
+                        n_scan = gr.Radio(["ES2D", "SS2D"], value="ES2D", label="scan")
+                        n_step = gr.Slider(1, MAX_STEP, value=3, step=1, label="ES2D step p")
+                        n_conv = gr.Checkbox(value=True, label="conv branch")
+                        n_gate = gr.Checkbox(value=True, label="channel gate")
+                        n_stages = gr.Dropdown(list(evmamba.STAGE_LAYOUTS), value="released", label="stages")
+                        n_go = gr.Button("Measure")
+                    n_df = gr.Dataframe(label="measured in this session")
+                    n_state = gr.State(None)
+                    n_go.click(measure_view, [n_variant, n_scan, n_step, n_conv, n_gate, n_stages, n_state],
+                               [n_df, n_state], api_name="measure_row", **ONE_MODEL_AT_A_TIME)
+
             with gr.Tab("About"):
                 gr.Markdown(ABOUT)
 
-        demo.load(partition_view, p_in, p_out, api_name=False)
+        demo.load(partition_view, p_in, p_out, api_name=False).then(ablation_view, b_in, [b_df, b_chart, b_info],
+                                                                      api_name=False)
     return demo
 
 
@@ -429,6 +509,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--checkpoint", default="", help="a checkpoint file or hf:OWNER/REPO[/FILE] (default: random)")
     p.add_argument("--variant", default="tiny", choices=list(evmamba.VARIANTS))
+    p.add_argument("--ablations", default="", help="folder of an ablation run (default: assets/ablations)")
     p.add_argument("--concurrency", type=int, default=2, help="requests computed at once (default 2)")
     return p.parse_args(argv)
 
@@ -440,6 +521,8 @@ def configure(args):
         "cpu" if args.device == "auto" else args.device)
     SETTINGS["checkpoint"] = args.checkpoint
     SETTINGS["variant"] = args.variant
+    SETTINGS["ablations"] = args.ablations
+    ablation_tables.cache_clear()
 
 
 def main(argv=None):

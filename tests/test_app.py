@@ -30,7 +30,7 @@ def assert_picture(plot):
 
 def test_endpoints_are_named(client):
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    assert {"/partition", "/erf", "/attribution", "/hidden_attention"} <= names
+    assert {"/partition", "/erf", "/attribution", "/hidden_attention", "/ablation_table", "/measure_row"} <= names
 
 
 def test_partition_defaults(client):
@@ -104,6 +104,10 @@ BAD = [
     ("/attribution", dict(methods=[]), "choose at least one attribution method"),
     ("/hidden_attention", dict(route="7"), "route must be between 0 and 3"),
     ("/hidden_attention", dict(row=90), "query row must be between 0 and 55"),
+    ("/ablation_table", dict(table="nope"), "Value: nope is not in the list of choices"),
+    ("/ablation_table", dict(variant="base", table="stage_layout"), "no row of this table matches these filters"),
+    ("/measure_row", dict(stages="sideways"), "Value: sideways is not in the list of choices"),
+    ("/measure_row", dict(step=3, scan="SS2D"), "step only applies to scan='es2d'"),
 ]
 
 
@@ -128,3 +132,27 @@ def test_grey_and_rgba_images_work(client, files, name):
 def test_huge_images_are_downscaled_with_a_note(client, files):
     *_, info = client.predict(upload=handle_file(str(files / "huge.png")), api_name="/partition")
     assert "the image was 3000x2500 pixels and has been downscaled to 2048x1707" in info
+
+
+def test_ablation_table_defaults(client):
+    df, chart, info = client.predict(api_name="/ablation_table")
+    assert "variant" in df["headers"] and "ImageNet top-1 (%) [paper]" in df["headers"]
+    scans = {row[df["headers"].index("scan")] for row in df["data"]}
+    assert scans == {"ES2D", "SS2D"} and len(df["data"]) == 24
+    assert plotly_traces(chart)[0]["type"] == "bar"
+    assert "reference numbers" in info
+
+
+def test_ablation_table_filters(client):
+    df, _, _ = client.predict(scan="SS2D", conv_branch="no", variant="tiny", api_name="/ablation_table")
+    h = df["headers"]
+    assert len(df["data"]) == 2 and all(r[h.index("scan")] == "SS2D" and r[h.index("conv branch")] == "no"
+                                        for r in df["data"])
+
+
+def test_measure_a_missing_row(client):
+    df = client.predict(step=3, api_name="/measure_row")
+    h = df["headers"]
+    assert len(df["data"]) == 1 and df["data"][0][h.index("step p")] in (3, "3")
+    assert float(df["data"][0][h.index("FLOPs (G, 224²)")]) == pytest.approx(0.82, abs=0.01)
+    assert df["data"][0][h.index("accuracy")] == "not trained here"

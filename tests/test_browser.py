@@ -83,6 +83,17 @@ def test_hidden_attention(page):
     shot(page, "hidden-attention")
 
 
+def test_ablations(page):
+    open_tab(page, "Ablations")
+    expect(panel(page).get_by_text("24 rows.")).to_be_visible()  # shown on load
+    panel(page).get_by_label("scan").first.click()
+    page.get_by_role("option", name="SS2D").click()
+    page.get_by_role("button", name="Show").click()
+    expect(panel(page).get_by_text("12 rows.")).to_be_visible()
+    expect(panel(page).locator(".js-plotly-plot").first).to_be_visible()
+    shot(page, "ablations")
+
+
 def test_about(page):
     open_tab(page, "About")
     expect(page.get_by_text("What the pictures mean")).to_be_visible()

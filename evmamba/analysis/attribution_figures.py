@@ -21,8 +21,10 @@ LABELS = {"integrated_gradients": "Integrated Gradients", "saliency": "Saliency 
           "input_x_gradient": "Input × Gradient", "smoothgrad": "SmoothGrad"}
 
 
-def _note(fig, note, width=110):
+def _note(fig, note, width=None):
+    """The note under the figure, wrapped to the figure's width (about 17 characters an inch at 7 pt)."""
     if note:
+        width = width or max(30, int(fig.get_figwidth() * 17))
         fig.supxlabel(textwrap.fill("Note: " + note, width), color=WARNING_COLOUR, fontsize=7, gid="note")
 
 

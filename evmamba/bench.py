@@ -33,6 +33,15 @@ def machine() -> str:
             f"Python {platform.python_version()}")
 
 
+def _load() -> str:
+    """The 1-minute load average: other work on the machine slows the two-thread torch backend more than
+    the single-threaded reference loop, so a busy machine shows in the ratios."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "n/a"
+
+
 def scan_inputs(length, batch=1, routes=4, d=96, n=16, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
     ch = routes * d
@@ -142,13 +151,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     repeats = 3 if args.quick else 7
 
+    load_before = _load()
     cases = {**scan_cases(args.lengths), **model_cases(scans=("es2d", "ss2d") if args.ss2d else ("es2d",))}
     with tqdm(total=repeats * len(cases), desc="timing", unit="rep", file=sys.stderr) as bar:
         medians = compare(cases, repeats, bar)
     errors = accuracy(args.lengths)
     peak = peak_memory_mb()
 
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; load average before/after: {load_before} / {_load()}")
     print(f"median of {repeats} interleaved repetitions; scans at batch 1, K=4, d=96, N=16\n")
     print(f"| case | reference (ms) | torch (ms) | speed-up |")
     print(f"| --- | ---: | ---: | ---: |")

@@ -156,3 +156,10 @@ def test_measure_a_missing_row(client):
     assert len(df["data"]) == 1 and df["data"][0][h.index("step p")] in (3, "3")
     assert float(df["data"][0][h.index("FLOPs (G, 224²)")]) == pytest.approx(0.82, abs=0.01)
     assert df["data"][0][h.index("accuracy")] == "not trained here"
+
+
+def test_checkpoint_field_takes_hub_names(client, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a closed port: the Hub cannot be reached
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(AppError, match="could not reach the Hugging Face Hub to fetch hf:someone/EfficientVMamba"):
+        client.predict(checkpoint="hf:someone/EfficientVMamba", api_name="/erf")

@@ -60,7 +60,7 @@ def shows_errors(fn):
             raise gr.Error(str(e), print_exception=False) from None
         except torch.OutOfMemoryError:
             raise gr.Error("out of memory: choose a smaller model, grid or fewer images", print_exception=False)
-        except Exception as e:  # noqa: BLE001: the server must answer the next request
+        except Exception as e:  # noqa: BLE001 - the server must answer the next request
             log.error("unexpected error in %s:\n%s", fn.__name__, traceback.format_exc())
             raise gr.Error(f"{type(e).__name__}: {e}. The server is still running: try other settings.",
                            print_exception=False) from None

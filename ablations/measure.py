@@ -15,12 +15,12 @@ A row is a dict of build_model switches: variant, scan, step, conv_branch, se, s
 from __future__ import annotations
 
 import json
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
+
+from evmamba.timing import median_seconds
 
 ROW_KEYS = ("variant", "scan", "step", "conv_branch", "se", "stages")
 
@@ -41,21 +41,8 @@ def static_cost(row: dict) -> dict:
     return {"params": count_parameters(model), "flops": count_flops(model, 224).total}
 
 
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _median_seconds(fn, repeats: int, device) -> float:
-    fn()  # warm-up
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return median_seconds(fn, repeats, device)
 
 
 @torch.no_grad()

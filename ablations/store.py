@@ -157,13 +157,8 @@ def device_description(device: str = "cpu") -> str:
     import torch
     if str(device).startswith("cuda") and torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(torch.device(device))} (CUDA {torch.version.cuda})"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"CPU: {cpu}, {os.cpu_count()} cores"
+    from evmamba.timing import cpu_name
+    return f"CPU: {cpu_name()}"
 
 
 __all__ = ["CODE_VERSION", "ResultStore", "atomic_path", "atomic_write_bytes", "atomic_write_text", "canonical",

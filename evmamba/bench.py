@@ -21,15 +21,11 @@ import time
 import torch
 from tqdm import tqdm
 
+from .timing import cpu_name
+
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+    return (f"{cpu_name()}, torch {torch.__version__} with {torch.get_num_threads()} threads, "
             f"Python {platform.python_version()}")
 
 
@@ -160,8 +156,8 @@ def main(argv=None):
 
     print(f"machine: {machine()}; load average before/after: {load_before} / {_load()}")
     print(f"median of {repeats} interleaved repetitions; scans at batch 1, K=4, d=96, N=16\n")
-    print(f"| case | reference (ms) | torch (ms) | speed-up |")
-    print(f"| --- | ---: | ---: | ---: |")
+    print("| case | reference (ms) | torch (ms) | speed-up |")
+    print("| --- | ---: | ---: | ---: |")
     for name, m in medians.items():
         print(f"| {name} | {m['reference'] * 1e3:.1f} | {m['torch'] * 1e3:.1f} | {m['reference'] / m['torch']:.1f}x |")
     print()

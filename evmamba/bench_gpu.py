@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
 import sys
-import time
 
 import torch
+
+from .timing import cpu_name, median_seconds
 
 # The authors' code (mamba-ssm 2.3.2 kernel) on one NVIDIA H200, batch 128, 224x224: images/s and peak GiB.
 AUTHORS_H200 = {
@@ -54,22 +53,8 @@ def check_kernel(variant: str, scan: str, device, batch: int = 2, size: int = 64
             "grad_rel_err_max": grad_errs[worst], "grad_worst": worst}
 
 
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _images_per_second(step, batch, device, warmup, runs) -> float:
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return batch / statistics.median(times)
+    return batch / median_seconds(step, runs, device, warmup=warmup)
 
 
 def throughput(variant: str, scan: str, device, batch: int, size: int = 224, warmup: int = 5, runs: int = 20,
@@ -102,9 +87,6 @@ def throughput(variant: str, scan: str, device, batch: int, size: int = 224, war
         torch.cuda.reset_peak_memory_stats(device)
     out["train_step_bf16"] = _images_per_second(train_step, batch, device, warmup, runs)
     out["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
-    del model, opt
-    if cuda:
-        torch.cuda.empty_cache()
     return out
 
 
@@ -112,7 +94,7 @@ def device_name(device) -> str:
     d = torch.device(device)
     if d.type == "cuda":
         return torch.cuda.get_device_name(d)
-    return f"CPU ({platform.processor() or platform.machine()})"
+    return f"CPU ({cpu_name()})"
 
 
 def main(argv=None):

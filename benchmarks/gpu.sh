@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # GPU check and throughput on a bare CUDA machine (no network needed).
 #   bash benchmarks/gpu.sh [WHEEL_DIR] [extra args for python -m evmamba.bench_gpu]
+# 1. the kernel against the torch backend and throughput per variant (python -m evmamba.bench_gpu);
+# 2. analyses, the browser demo and the trainer on the GPU against the CPU (benchmarks/gpu_smoke.py).
 # WHEEL_DIR holds a prebuilt mamba-ssm wheel (and its install_mamba_ssm.sh); without it, mamba-ssm must
 # already be installed (pip install -r requirements-gpu.txt).
 set -euo pipefail
@@ -11,4 +13,7 @@ if [ $# -ge 1 ] && [ -d "$1" ]; then
   else python -m pip install --no-deps --no-index "$wheels"/mamba_ssm-*.whl; fi
 fi
 python -m pip install -q --no-deps -e . 2>/dev/null || export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-python -m evmamba.bench_gpu --out "${GPU_RESULTS:-gpu_results.json}" "$@"
+status=0
+python -m evmamba.bench_gpu --out "${GPU_RESULTS:-gpu_results.json}" "$@" || status=$?
+python benchmarks/gpu_smoke.py --device cuda || status=$?
+exit $status

@@ -15,7 +15,6 @@ from __future__ import annotations
 from functools import lru_cache
 from importlib import resources
 
-import numpy as np
 import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -74,6 +73,7 @@ def _resized_shape(h: int, w: int, short: int) -> tuple[int, int]:
 
 def _to_channels(image) -> tuple[list, str]:
     """The image as three PIL single-band images (mode "L" for uint8, "F" for float) and that mode."""
+    import numpy as np  # here, not at import time: the model itself needs neither numpy nor PIL
     from PIL import Image
     if isinstance(image, Image.Image):
         return list(image.convert("RGB").split()), "L"
@@ -108,6 +108,7 @@ def _to_channels(image) -> tuple[list, str]:
 
 
 def _preprocess_one(image, size: int) -> torch.Tensor:
+    import numpy as np
     from PIL import Image
     bands, mode = _to_channels(image)
     w, h = bands[0].size

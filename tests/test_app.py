@@ -163,3 +163,12 @@ def test_checkpoint_field_takes_hub_names(client, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(AppError, match="could not reach the Hugging Face Hub to fetch hf:someone/EfficientVMamba"):
         client.predict(checkpoint="hf:someone/EfficientVMamba", api_name="/erf")
+
+
+def test_several_users_at_once(client):
+    jobs = [client.submit(api_name="/erf"), client.submit(level="mixer", api_name="/erf"),
+            client.submit(height=6, api_name="/partition"), client.submit(api_name="/hidden_attention"),
+            client.submit(scan="SS2D", api_name="/partition")]
+    results = [job.result(timeout=600) for job in jobs]
+    assert "output grid 56x56" in results[0][2] and "level mixer" in results[1][2]
+    assert "6x8 grid" in results[2][3] and "query (28, 28)" in results[3][2] and "SS2D on a 8x8" in results[4][3]

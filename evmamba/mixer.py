@@ -2,11 +2,11 @@
 
     x, z = in_proj(x)                       C -> 2d, d = 2C
     x = SiLU(depthwise 3x3 conv(x))
-    tokens = routes.gather(x)                cross-scan: K routes of L tokens (see routes.py)
-    dt_low, B, C = x_proj[k](tokens)         per route k: R + N + N values per token
+    tokens = routes.cross_scan(x)            cross-scan: K routes of L tokens, (K, d, B, L) (see routes.py)
+    dt_low, B, C = x_proj[k](tokens)         per route k: R + N + N values per token (one bmm over K)
     dt = dt_proj[k](dt_low)
     y = S6(tokens, dt, A, B, C, D)           selective scan, float32 at least (see scan/)
-    y = routes.scatter(y)                    cross-merge: back to the positions read, summed
+    y = routes.cross_merge(y)                cross-merge: back to the positions read, summed, channels-last
     out = out_proj(LayerNorm(y) * SiLU(z))
 """
 import math
@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .routes import num_routes, scan_routes
+from .routes import RouteTables, cross_merge, cross_scan, num_routes, route_tables, scan_routes
 from .scan import check_backend, selective_scan
 from .scan.common import compute_dtype
 
@@ -59,40 +59,56 @@ class SelectiveScan2D(nn.Module):
         """The scan routes this mixer uses on a height×width map."""
         return scan_routes(self.scan, height, width, self.step)
 
+    def tables(self, height: int, width: int, device) -> RouteTables:
+        """What the cross-scan and cross-merge need on a height×width map (cached per grid and device)."""
+        return route_tables(self.scan, height, width, self.step, device)
+
     def ssm_inputs(self, x: torch.Tensor):
         """Cross-scan and per-route projections of the conv output x (B, d, H, W).
 
         Returns (routes, u, dt, B, C): u and dt (before bias and softplus) as (B, K·d, L); B and C as
-        (B, K, N, L); all in the scan's compute dtype (float32 at least)."""
-        b, d, h, w = x.shape
-        routes = self.routes(h, w)
-        k, length, n = routes.num_routes, routes.length, self.d_state
-        xs = routes.gather(x)  # (B, K, d, L)
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
-        dt_low, Bs, Cs = torch.split(x_dbl, [self.dt_rank, n, n], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dt_low, self.dt_projs_weight)
+        (B, K, N, L); all in the scan's compute dtype (float32 at least). They are views of route-major
+        (K, ·, B, L) tensors: the token axis is contiguous, the others are strided."""
+        h, w = x.shape[2:]
+        return (self.routes(h, w), *self._projections(x, self.tables(h, w, x.device)))
+
+    def _projections(self, x: torch.Tensor, t: RouteTables):
+        b, d = x.shape[:2]
+        k, length, n = t.num_routes, t.length, self.d_state
+        xs = cross_scan(x, t)  # (K, d, B, L)
+        x_dbl = torch.bmm(self.x_proj_weight, xs.view(k, d, b * length))  # (K, R+2N, B·L)
+        dts = torch.bmm(self.dt_projs_weight, x_dbl[:, : self.dt_rank])  # (K, d, B·L)
         ct = compute_dtype(x.dtype)
-        u = xs.reshape(b, k * d, length).to(ct)
-        return routes, u, dts.reshape(b, k * d, length).to(ct), Bs.to(ct).contiguous(), Cs.to(ct).contiguous()
+
+        def batch_first(t):  # (K, c, B·L) -> (B, K, c, L), a view
+            return t.view(k, -1, b, length).permute(2, 0, 1, 3).to(ct)
+
+        Bs, Cs = (batch_first(x_dbl[:, self.dt_rank + i * n: self.dt_rank + (i + 1) * n]) for i in range(2))
+        u, dt = (batch_first(t).reshape(b, k * d, length) for t in (xs, dts))
+        return u, dt, Bs, Cs
 
     def ssm_parameters(self, dtype=torch.float32):
         """(A, D, delta_bias) as the scan takes them: A = -exp(A_logs)."""
         return (-torch.exp(self.A_logs.to(dtype)), self.Ds.to(dtype), self.dt_projs_bias.reshape(-1).to(dtype))
 
+    def merge(self, y: torch.Tensor, t: RouteTables) -> torch.Tensor:
+        """Cross-merge the scan output y (B, K·d, L) to (B, d, H, W), a view of channels-last memory."""
+        y = y.reshape(y.shape[0], t.num_routes, self.d_inner, t.length).permute(1, 2, 0, 3)  # (K, d, B, L)
+        return cross_merge(y, t, keep=self.keep_routes).permute(0, 3, 1, 2)
+
     def scan_map(self, x: torch.Tensor) -> torch.Tensor:
         """Cross-scan, selective scan, cross-merge: (B, d, H, W) -> (B, d, H, W)."""
-        routes, u, dt, Bs, Cs = self.ssm_inputs(x)
+        t = self.tables(x.shape[2], x.shape[3], x.device)
+        u, dt, Bs, Cs = self._projections(x, t)
         A, D, bias = self.ssm_parameters(u.dtype)
         y = selective_scan(u, dt, A, Bs, Cs, D, delta_bias=bias, delta_softplus=True, backend=self.backend)
-        b = x.shape[0]
-        return routes.scatter(y.view(b, routes.num_routes, self.d_inner, routes.length), keep=self.keep_routes)
+        return self.merge(y, t)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C) -> (B, H, W, C)
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))
-        y = self.scan_map(x).permute(0, 2, 3, 1)
-        y = self.out_norm(y) * F.silu(z)
-        return self.out_proj(y)
+        y = self.scan_map(x).permute(0, 2, 3, 1)  # channels-last: contiguous after the merge
+        return self.out_proj(self.out_norm(y) * F.silu(z))
 
     def extra_repr(self):
         return f"scan={self.scan!r}, step={self.step}, routes={self.num_routes}, d_inner={self.d_inner}, " \

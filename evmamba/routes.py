@@ -74,7 +74,6 @@ class ScanRoutes:
             self.routes = tuple(routes)
             index = torch.stack(index)
         self.index = index  # (K, L) flat positions on the padded grid, in reading order
-        self._flat_index = {}  # device -> flattened index, for gather/scatter
 
     # ---- what a route is ------------------------------------------------------------------------
     @property
@@ -149,39 +148,102 @@ class ScanRoutes:
                 f"routes={self.num_routes}, length={self.length}, padded={self.padded_shape})")
 
     # ---- cross-scan and cross-merge -------------------------------------------------------------
-    def _device_index(self, device) -> torch.Tensor:
-        key = str(device)
-        if key not in self._flat_index:
-            self._flat_index[key] = self.index.flatten().to(device)
-        return self._flat_index[key]
+    # Tokens travel route-major, (K, C, B, L): each route's channels over the whole batch are one matrix,
+    # so the per-route projections are K large matrix products, and the (B, K·C, L) view the selective
+    # scan takes is free (its token axis is contiguous; the kernel takes the other strides as they are).
+    def merge_index(self) -> torch.Tensor:
+        """(R, H·W): for each unpadded position (row-major) and each of the R routes reading it, the flat
+        slot k·L + l it occupies in the routes' outputs; R = 1 for ES2D, 4 for SS2D."""
+        hw = self.padded_height * self.padded_width
+        k, length = self.index.shape
+        slot = torch.full((k, hw), -1, dtype=torch.long)
+        slot.scatter_(1, self.index, torch.arange(k * length).view(k, length))
+        keep = ~self.padding_mask().flatten()
+        slot = slot[:, keep]
+        readers = (slot >= 0).sum(0)
+        if not bool((readers == readers[0]).all()):
+            raise AssertionError("every position must be read by the same number of routes")
+        return slot.t()[slot.t() >= 0].view(-1, int(readers[0])).t()  # routes in order k = 0..K-1
+
+    def cross_scan(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (K, C, B, L), contiguous: route k's tokens in its reading order."""
+        return cross_scan(x, route_tables(self.scan, self.height, self.width, self.step, x.device))
+
+    def cross_merge(self, y: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """(K, C, B, L) -> (B, H, W, C), contiguous: each route's outputs go back to the positions it read,
+        routes reading the same position are summed, padding is cropped.
+
+        keep: optional (K,) mask or weights; route k's outputs are multiplied by keep[k] (0 drops it)."""
+        return cross_merge(y, route_tables(self.scan, self.height, self.width, self.step, y.device), keep)
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
-        """Cross-scan: (B, C, H, W) -> (B, K, C, L), route k's tokens in its reading order."""
-        b, c, h, w = x.shape
-        if (h, w) != (self.height, self.width):
-            raise ValueError(f"these routes are for a {self.height}x{self.width} map, got {h}x{w}")
-        ph, pw = self.padded_height - h, self.padded_width - w
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph))
-        xs = x.reshape(b, c, -1).index_select(2, self._device_index(x.device))
-        return xs.view(b, c, self.num_routes, self.length).transpose(1, 2)
+        """Cross-scan: (B, C, H, W) -> (B, K, C, L), route k's tokens in its reading order (a view of
+        `cross_scan`'s route-major result)."""
+        return self.cross_scan(x).permute(2, 0, 1, 3)
 
     def scatter(self, y: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        """Cross-merge: (B, K, C, L) -> (B, C, H, W); each route's outputs go back to the positions it
-        read, routes reading the same position are summed, padding is cropped.
+        """Cross-merge: (B, K, C, L) -> (B, C, H, W) (a view of `cross_merge`'s channels-last result)."""
+        return self.cross_merge(y.permute(1, 2, 0, 3), keep).permute(0, 3, 1, 2)
 
-        keep: optional (K,) mask or weights; route k's outputs are multiplied by keep[k] (0 drops it).
-        """
-        b, k, c, length = y.shape
-        if (k, length) != (self.num_routes, self.length):
-            raise ValueError(f"expected {self.num_routes} routes of {self.length} tokens, got {k} of {length}")
-        if keep is not None:
-            y = y * keep.to(y)[None, :, None, None]
-        y = y.transpose(1, 2).reshape(b, c, k * length)
-        out = y.new_zeros(b, c, self.padded_height * self.padded_width)
-        out = out.index_add(2, self._device_index(y.device), y)
-        out = out.view(b, c, self.padded_height, self.padded_width)
-        return out[:, :, : self.height, : self.width]
+
+@dataclass(frozen=True)
+class RouteTables:
+    """What the model's cross-scan and cross-merge need of one grid's routes on one device: sizes, and
+    the flat index tensors (plain attributes, so torch.compile reads them as constants)."""
+
+    num_routes: int
+    length: int
+    height: int
+    width: int
+    padded_height: int
+    padded_width: int
+    readers: int  # routes reading each position: 1 for ES2D, 4 for SS2D
+    scan_index: torch.Tensor  # (K·L,) flat padded positions, route by route in reading order
+    merge_index: torch.Tensor  # (R·H·W,) flat slots k·L + l, reader by reader, unpadded positions row-major
+
+
+_TABLES: dict = {}
+
+
+@torch.compiler.disable  # built once per grid and device, in eager mode; compiled code finds them cached
+def _build_tables(scan: str, height: int, width: int, step: int, device: str) -> RouteTables:
+    r = scan_routes(scan, height, width, step)
+    merge = r.merge_index()
+    return RouteTables(r.num_routes, r.length, height, width, r.padded_height, r.padded_width, merge.shape[0],
+                       r.index.flatten().to(device), merge.flatten().to(device))
+
+
+def route_tables(scan: str, height: int, width: int, step: int, device) -> RouteTables:
+    """The cached `RouteTables` of `scan` over a height×width map on `device`."""
+    key = (scan, height, width, step, str(device))
+    tables = _TABLES.get(key)
+    if tables is None:
+        tables = _TABLES[key] = _build_tables(scan, height, width, step, str(device))
+    return tables
+
+
+def cross_scan(x: torch.Tensor, t: RouteTables) -> torch.Tensor:
+    """(B, C, H, W) -> (K, C, B, L), contiguous (see `ScanRoutes.cross_scan`)."""
+    b, c, h, w = x.shape
+    if (h, w) != (t.height, t.width):
+        raise ValueError(f"these routes are for a {t.height}x{t.width} map, got {h}x{w}")
+    ph, pw = t.padded_height - h, t.padded_width - w
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph))
+    xs = x.reshape(b, c, -1).index_select(2, t.scan_index)  # (B, C, K·L)
+    return xs.view(b, c, t.num_routes, t.length).permute(2, 1, 0, 3).contiguous()
+
+
+def cross_merge(y: torch.Tensor, t: RouteTables, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """(K, C, B, L) -> (B, H, W, C), contiguous (see `ScanRoutes.cross_merge`)."""
+    k, c, b, length = y.shape
+    if (k, length) != (t.num_routes, t.length):
+        raise ValueError(f"expected {t.num_routes} routes of {t.length} tokens, got {k} of {length}")
+    if keep is not None:
+        y = y * keep.to(y)[:, None, None, None]
+    tokens = y.permute(2, 0, 3, 1).reshape(b, k * length, c)  # (B, K·L, C): slot-major, channels last
+    out = tokens.index_select(1, t.merge_index).view(b, t.readers, t.height, t.width, c)
+    return out[:, 0] if t.readers == 1 else out.sum(1)
 
 
 def check_scan(scan: str, step: int) -> None:

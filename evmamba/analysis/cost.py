@@ -176,8 +176,7 @@ def _counted_scan_map(counter: _Counter):
         routes, u, dt, Bs, Cs = self.ssm_inputs(x)
         batch, channels, length = u.shape  # channels = K·d: every route's channels
         counter.add("scan", scan_flops(batch, length, channels, self.d_state))
-        y = torch.zeros_like(u).view(batch, routes.num_routes, self.d_inner, routes.length)
-        return routes.scatter(y, keep=self.keep_routes)
+        return self.merge(torch.zeros_like(u), self.tables(x.shape[2], x.shape[3], x.device))
 
     return scan_map
 

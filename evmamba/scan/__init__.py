@@ -33,7 +33,7 @@ _announced = set()
 
 
 def _announce(key, message, warn=False):
-    if key in _announced:
+    if key in _announced or torch.compiler.is_compiling():  # compiled code says nothing (eager runs do)
         return
     _announced.add(key)
     if warn:

@@ -38,67 +38,93 @@ def _decay_and_drive(dt_c, u_c, A, B_c, decay, drive):
     torch.mul((dt_c * u_c)[..., None], B_c[:, :, :, None, :], out=drive)
 
 
-class _SelectiveScanCore(torch.autograd.Function):
-    """y (L, b, G, d) from time-major u, dt (L, b, G, d), B, C (L, b, G, N) and A (G, d, N).
+# The core runs as two registered operators (forward, and backward with its own recomputation) so that
+# torch.compile sees one opaque node rather than unrolling the per-token loop, and autograd calls our
+# backward. Shapes: u, dt (L, b, G, d) time-major; B, C (L, b, G, N); A (G, d, N); returns y like u and
+# the state entering each chunk, (chunks, b, G, d, N), which the backward needs.
 
-    Each chunk works in a few (chunk, b, G, d, N) buffers allocated once per call, so the loop allocates
-    no state-sized tensors (fresh allocations of that size cost page faults on every chunk)."""
+@torch.library.custom_op("evmamba::torch_scan", mutates_args=())
+def scan_core(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+              chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward over chunks. Each chunk works in a few (chunk, b, G, d, N) buffers allocated once per call,
+    so the loop allocates no state-sized tensors (fresh allocations of that size cost page faults)."""
+    length = u.shape[0]
+    state = u.shape[1:] + A.shape[-1:]  # (b, G, d, N)
+    decay, drive, hbuf = (u.new_empty((chunk,) + state) for _ in range(3))
+    y = u.new_empty(u.shape)
+    starts = u.new_empty((-(-length // chunk),) + state)  # the state entering each chunk
+    h = u.new_zeros(state)
+    for j, t0 in enumerate(range(0, length, chunk)):
+        t1 = min(t0 + chunk, length)
+        n = t1 - t0
+        starts[j] = h
+        _decay_and_drive(dt[t0:t1], u[t0:t1], A, B[t0:t1], decay[:n], drive[:n])
+        hc = _recurrence(decay[:n], drive[:n], h, hbuf[:n])
+        y[t0:t1] = torch.einsum("tbgdn,tbgn->tbgd", hc, C[t0:t1])
+        h = hc[-1]
+    return y, starts
 
-    @staticmethod
-    def forward(ctx, u, dt, A, B, C, chunk):
-        length = u.shape[0]
-        state = u.shape[1:] + A.shape[-1:]  # (b, G, d, N)
-        decay, drive, hbuf = (u.new_empty((chunk,) + state) for _ in range(3))
-        y = u.new_empty(u.shape)
-        starts = u.new_empty((-(-length // chunk),) + state)  # the state entering each chunk
-        h = u.new_zeros(state)
-        for j, t0 in enumerate(range(0, length, chunk)):
-            t1 = min(t0 + chunk, length)
-            n = t1 - t0
-            starts[j] = h
-            _decay_and_drive(dt[t0:t1], u[t0:t1], A, B[t0:t1], decay[:n], drive[:n])
-            hc = _recurrence(decay[:n], drive[:n], h, hbuf[:n])
-            y[t0:t1] = torch.einsum("tbgdn,tbgn->tbgd", hc, C[t0:t1])
-            h = hc[-1]
-        ctx.chunk = chunk
-        ctx.save_for_backward(u, dt, A, B, C, starts)
-        return y
 
-    @staticmethod
-    def backward(ctx, gy):
-        u, dt, A, B, C, starts = ctx.saved_tensors
-        chunk = ctx.chunk
-        gy = gy.contiguous()
-        length = u.shape[0]
-        gu, gdt, gB, gC = (torch.empty_like(t) for t in (u, dt, B, C))
-        gA = torch.zeros_like(A)
-        carry = torch.zeros_like(starts[0])  # decay_{t1} ⊙ g_{t1}: the adjoint entering the chunk from the right
-        decay, drive, hbuf, gbuf = (u.new_empty((chunk,) + starts.shape[1:]) for _ in range(4))
-        for j in range(starts.shape[0] - 1, -1, -1):
-            t0 = j * chunk
-            t1 = min(t0 + chunk, length)
-            n = t1 - t0
-            dt_c, u_c, B_c, C_c, gy_c = dt[t0:t1], u[t0:t1], B[t0:t1], C[t0:t1], gy[t0:t1]
-            dec, drv = decay[:n], drive[:n]
-            _decay_and_drive(dt_c, u_c, A, B_c, dec, drv)
-            h = _recurrence(dec, drv, starts[j], hbuf[:n])
-            # adjoint recurrence, backwards and in place: g_t = C_t dy_t + decay_{t+1} g_{t+1}
-            g = torch.mul(gy_c[..., None], C_c[:, :, :, None, :], out=gbuf[:n])
-            g[n - 1] += carry
-            for a, out, nxt in zip(dec[1:].unbind(0)[::-1], g[:-1].unbind(0)[::-1], g[1:].unbind(0)[::-1]):
-                out.addcmul_(a, nxt)
-            torch.mul(dec[0], g[0], out=carry)
-            gC[t0:t1] = torch.einsum("tbgdn,tbgd->tbgn", h, gy_c)
-            # through drive = dt·u·B
-            gBu = torch.einsum("tbgdn,tbgn->tbgd", g, B_c)  # Σ_n g·B
-            gB[t0:t1] = torch.einsum("tbgdn,tbgd->tbgn", g, dt_c * u_c)
-            # through decay = exp(dt·A): d decay = decay·(A ddt + dt dA), with g·h_{t-1}·decay = g·(h - drive)
-            # (elementwise products and plain sums here: einsum would pick slow batched matmuls)
-            q = torch.sub(h, drv, out=drv).mul_(g)
-            gA += torch.mul(q, dt_c[..., None], out=h).flatten(0, 1).sum(0)
-            torch.add(torch.mul(q, A, out=dec).sum(-1), gBu * u_c, out=gdt[t0:t1])
-            torch.mul(gBu, dt_c, out=gu[t0:t1])
-        return gu, gdt, gA, gB, gC, None
+@scan_core.register_fake
+def _(u, dt, A, B, C, chunk):
+    return u.new_empty(u.shape), u.new_empty((-(-u.shape[0] // chunk),) + u.shape[1:] + A.shape[-1:])
+
+
+@torch.library.custom_op("evmamba::torch_scan_backward", mutates_args=())
+def scan_core_backward(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                       starts: torch.Tensor, gy: torch.Tensor, chunk: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of scan_core's y for u, dt, A, B, C: recompute each chunk from its start state, then run
+    the adjoint recurrence g_t = C_t dy_t + decay_{t+1} g_{t+1} backwards through it."""
+    gy = gy.contiguous()
+    length = u.shape[0]
+    gu, gdt, gB, gC = (t.new_empty(t.shape) for t in (u, dt, B, C))  # contiguous, whatever the inputs' strides
+    gA = A.new_zeros(A.shape)
+    carry = torch.zeros_like(starts[0])  # decay_{t1} ⊙ g_{t1}: the adjoint entering the chunk from the right
+    decay, drive, hbuf, gbuf = (u.new_empty((chunk,) + starts.shape[1:]) for _ in range(4))
+    for j in range(starts.shape[0] - 1, -1, -1):
+        t0 = j * chunk
+        t1 = min(t0 + chunk, length)
+        n = t1 - t0
+        dt_c, u_c, B_c, C_c, gy_c = dt[t0:t1], u[t0:t1], B[t0:t1], C[t0:t1], gy[t0:t1]
+        dec, drv = decay[:n], drive[:n]
+        _decay_and_drive(dt_c, u_c, A, B_c, dec, drv)
+        h = _recurrence(dec, drv, starts[j], hbuf[:n])
+        g = torch.mul(gy_c[..., None], C_c[:, :, :, None, :], out=gbuf[:n])
+        g[n - 1] += carry
+        for a, out, nxt in zip(dec[1:].unbind(0)[::-1], g[:-1].unbind(0)[::-1], g[1:].unbind(0)[::-1]):
+            out.addcmul_(a, nxt)
+        torch.mul(dec[0], g[0], out=carry)
+        gC[t0:t1] = torch.einsum("tbgdn,tbgd->tbgn", h, gy_c)
+        # through drive = dt·u·B
+        gBu = torch.einsum("tbgdn,tbgn->tbgd", g, B_c)  # Σ_n g·B
+        gB[t0:t1] = torch.einsum("tbgdn,tbgd->tbgn", g, dt_c * u_c)
+        # through decay = exp(dt·A): d decay = decay·(A ddt + dt dA), with g·h_{t-1}·decay = g·(h - drive)
+        # (elementwise products and plain sums here: einsum would pick slow batched matmuls)
+        q = torch.sub(h, drv, out=drv).mul_(g)
+        gA += torch.mul(q, dt_c[..., None], out=h).flatten(0, 1).sum(0)
+        torch.add(torch.mul(q, A, out=dec).sum(-1), gBu * u_c, out=gdt[t0:t1])
+        torch.mul(gBu, dt_c, out=gu[t0:t1])
+    return gu, gdt, gA, gB, gC
+
+
+@scan_core_backward.register_fake
+def _(u, dt, A, B, C, starts, gy, chunk):
+    return tuple(t.new_empty(t.shape) for t in (u, dt, A, B, C))
+
+
+def _setup_context(ctx, inputs, output):
+    u, dt, A, B, C, chunk = inputs
+    ctx.chunk = chunk
+    ctx.save_for_backward(u, dt, A, B, C, output[1])
+
+
+def _backward(ctx, gy, _gstarts):
+    gu, gdt, gA, gB, gC = scan_core_backward(*ctx.saved_tensors, gy, ctx.chunk)
+    return gu, gdt, gA, gB, gC, None
+
+
+scan_core.register_autograd(_backward, setup_context=_setup_context)
 
 
 def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):
@@ -112,8 +138,8 @@ def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
         return t.permute(2, 0, 1).reshape(length, batch, groups, d)
 
     chunk = chunk_length(length, batch * channels * n)
-    y = _SelectiveScanCore.apply(time_major(u), time_major(delta), A.reshape(groups, d, n),
-                                 B.permute(3, 0, 1, 2).contiguous(), C.permute(3, 0, 1, 2).contiguous(), chunk)
+    y, _ = scan_core(time_major(u), time_major(delta), A.reshape(groups, d, n),
+                     B.permute(3, 0, 1, 2).contiguous(), C.permute(3, 0, 1, 2).contiguous(), chunk)
     y = y.reshape(length, batch, channels).permute(1, 2, 0)
     if D is not None:
         y = y + u * D.to(u)[:, None]

@@ -1,0 +1,129 @@
+"""The scan's registered operators: shapes declared for torch.compile match what they compute, gradients
+flow through them, and compiled code gives the eager results.
+
+The mamba-ssm kernel itself needs a GPU; here a CPU stand-in with the extension's contract
+(tests/mamba_ext_stand_in.py) sits behind the same operators, so their glue is tested on any machine."""
+import pytest
+import torch
+
+import mamba_ext_stand_in
+from conftest import rel_err
+from evmamba.scan import cuda, selective_scan
+from test_scan import make
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    monkeypatch.setattr(cuda, "extension", lambda: mamba_ext_stand_in)
+
+
+def core_args(batch=2, groups=4, d=3, n=5, length=40, chunk=16):
+    g = torch.Generator().manual_seed(0)
+    u, dt = torch.randn(length, batch, groups, d, generator=g), torch.rand(length, batch, groups, d, generator=g)
+    A = -torch.rand(groups, d, n, generator=g) - 0.1
+    B, C = (torch.randn(length, batch, groups, n, generator=g) for _ in range(2))
+    return u, dt, A, B, C, chunk
+
+
+def test_torch_scan_operator_passes_opcheck():
+    args = core_args()
+    torch.library.opcheck(torch.ops.evmamba.torch_scan.default, args)
+    grad_args = tuple(t.requires_grad_() if isinstance(t, torch.Tensor) else t for t in core_args(length=33, chunk=8))
+    torch.library.opcheck(torch.ops.evmamba.torch_scan.default, grad_args)
+    # strided inputs, as the mixer's route-major layout gives them: outputs follow the real allocation
+    u, dt, A, B, C, chunk = core_args(length=21, chunk=8)
+    strided = (u.transpose(1, 2).contiguous().transpose(1, 2).requires_grad_(), dt.requires_grad_(), A,
+               B.transpose(0, 1).contiguous().transpose(0, 1).requires_grad_(), C, chunk)
+    torch.library.opcheck(torch.ops.evmamba.torch_scan.default, strided)
+    with torch.no_grad():
+        _, starts = torch.ops.evmamba.torch_scan(*strided)
+    gy = torch.randn(u.shape).transpose(0, 2).contiguous().transpose(0, 2)
+    backward_args = tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in strided[:5])
+    torch.library.opcheck(torch.ops.evmamba.torch_scan_backward.default, (*backward_args, starts, gy, chunk))
+
+
+def test_mamba_operator_passes_opcheck(stand_in):
+    x = make(2, 4, 3, 5, 40)
+    args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["delta_bias"], True)
+    torch.library.opcheck(torch.ops.evmamba.mamba_scan.default, args)
+    grad_args = tuple(t.clone().requires_grad_() if isinstance(t, torch.Tensor) else t for t in args)
+    torch.library.opcheck(torch.ops.evmamba.mamba_scan.default, grad_args)
+    # u and delta laid out (channels, batch, L), as the mixer's route-major tokens are
+    strided = tuple(t.transpose(0, 1).contiguous().transpose(0, 1) if i < 2 else t for i, t in enumerate(args))
+    torch.library.opcheck(torch.ops.evmamba.mamba_scan.default, strided)
+    out, x_states = torch.ops.evmamba.mamba_scan(*strided)
+    dout = torch.randn(out.shape).transpose(0, 1).contiguous().transpose(0, 1)
+    torch.library.opcheck(torch.ops.evmamba.mamba_scan_backward.default, (*strided[:7], x_states, dout, True))
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+@pytest.mark.parametrize("optional", [True, False])
+def test_mamba_operator_matches_reference(stand_in, grouped, optional):
+    inputs = make(2, 4, 3, 5, 37, grouped=grouped)
+    if not optional:
+        inputs.pop("D"), inputs.pop("delta_bias")
+    outs, grads = {}, {}
+    for name, fn in (("reference", lambda **k: selective_scan(**k, delta_softplus=True, backend="reference")),
+                     ("kernel", lambda **k: cuda.run_kernel(**k, delta_softplus=True))):
+        x = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+        y = fn(**x)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        outs[name], grads[name] = y.detach(), {k: v.grad for k, v in x.items()}
+    assert rel_err(outs["kernel"], outs["reference"]) < 1e-5
+    for k in inputs:
+        assert rel_err(grads["kernel"][k], grads["reference"][k]) < 1e-5, k
+
+
+def test_mamba_operator_takes_strided_batch_and_channels(stand_in):
+    # u laid out (channels, batch, L) in memory, viewed as (batch, channels, L): the token axis is contiguous
+    x = make(3, 2, 4, 5, 30)
+    u = x["u"].permute(1, 0, 2).contiguous().permute(1, 0, 2)
+    assert not u.is_contiguous() and u.stride(-1) == 1
+    ref = selective_scan(**x, delta_softplus=True, backend="reference")
+    out = cuda.run_kernel(**dict(x, u=u), delta_softplus=True)
+    assert rel_err(out, ref) < 1e-5
+
+
+def test_compiled_scan_equals_eager():
+    x = make(2, 4, 3, 5, 37)
+    x = {k: v.requires_grad_() for k, v in x.items()}
+    fn = lambda **k: selective_scan(**k, delta_softplus=True, backend="torch")  # noqa: E731
+    eager = fn(**x)
+    geager = torch.autograd.grad(eager.square().sum(), list(x.values()))
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")(**x)
+    gcomp = torch.autograd.grad(compiled.square().sum(), list(x.values()))
+    assert rel_err(compiled, eager) < 1e-6
+    for a, b in zip(gcomp, geager):
+        assert rel_err(a, b) < 1e-6
+
+
+
+def test_compiled_kernel_operator_equals_eager(stand_in):
+    # strided u and delta, as the mixer passes them; inductor must hand the kernel the strides it traced
+    x = make(2, 4, 3, 5, 37)
+    x["u"] = x["u"].transpose(0, 1).contiguous().transpose(0, 1)
+    x = {k: v.requires_grad_() for k, v in x.items()}
+    fn = lambda **k: cuda.run_kernel(**k, delta_softplus=True) * 2  # noqa: E731
+    eager = fn(**x)
+    geager = torch.autograd.grad(eager.square().sum(), list(x.values()))
+    compiled = torch.compile(fn, fullgraph=True)(**x)
+    gcomp = torch.autograd.grad(compiled.square().sum(), list(x.values()))
+    assert rel_err(compiled, eager) < 1e-5
+    for a, b in zip(gcomp, geager):
+        assert rel_err(a, b) < 1e-5
+
+
+@pytest.mark.parametrize("scan", ["es2d", "ss2d"])
+def test_compiled_model_is_one_graph_and_equals_eager(scan):
+    import evmamba
+    torch.manual_seed(0)
+    model = evmamba.build_model("tiny", scan=scan).eval()
+    x = torch.randn(2, 3, 64, 64)
+    eager = model(x)  # an eager call first builds the route tables the compiled graph reads
+    geager = torch.autograd.grad(eager.square().mean(), list(model.parameters()))
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)(x)  # fullgraph: a graph break would be an error
+    gcomp = torch.autograd.grad(compiled.square().mean(), list(model.parameters()))
+    assert rel_err(compiled, eager) < 1e-4
+    for a, b in zip(gcomp, geager):
+        assert rel_err(a, b) < 1e-4

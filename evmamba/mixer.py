@@ -30,6 +30,10 @@ class SelectiveScan2D(nn.Module):
         self.dt_rank = r = math.ceil(dim / 16)
         self.num_routes = k = num_routes(scan, step)
         self.keep_routes = None  # optional (K,) mask: analyses keep only some routes' outputs in the merge
+        # "float32": the scan's inputs are cast to float32 at least, as the authors do. "autocast": under
+        # autocast they stay bfloat16/float16 (half the memory traffic and saved activations); the scan
+        # still computes in float32 and returns that dtype. Identical outside autocast.
+        self.scan_precision = "float32"
 
         # Per-route projections and S6 parameters; parameter (and so checkpoint key) order as the authors'.
         self.x_proj_weight = nn.Parameter(torch.empty(k, r + 2 * n, d))
@@ -78,7 +82,7 @@ class SelectiveScan2D(nn.Module):
         xs = cross_scan(x, t)  # (K, d, B, L)
         x_dbl = torch.bmm(self.x_proj_weight, xs.view(k, d, b * length))  # (K, R+2N, B·L)
         dts = torch.bmm(self.dt_projs_weight, x_dbl[:, : self.dt_rank])  # (K, d, B·L)
-        ct = compute_dtype(x.dtype)
+        ct = compute_dtype(x.dtype) if self.scan_precision == "float32" else x.dtype
 
         def batch_first(t):  # (K, c, B·L) -> (B, K, c, L), a view
             return t.view(k, -1, b, length).permute(2, 0, 1, 3).to(ct)

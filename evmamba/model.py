@@ -26,6 +26,7 @@ VARIANTS = {
     "base": dict(dims=(96, 192, 384, 768), depths=(2, 2, 9, 2)),  # 33,717,136
 }
 STAGE_KINDS = ("evss", "ir")
+SCAN_PRECISIONS = ("float32", "autocast")
 # Named stage layouts used by the paper's ablations (Table 6, Table 8).
 STAGE_LAYOUTS = {
     "released": ("evss", "evss", "ir", "ir"),
@@ -129,6 +130,16 @@ class EfficientVMamba(nn.Module):
         for _, m in self.mixers():
             m.backend = backend
         self.config = dataclasses.replace(self.config, backend=backend)
+        return self
+
+    def set_scan_precision(self, precision: str) -> "EfficientVMamba":
+        """"float32" (default, as the authors): the selective scans' inputs are cast to float32 under
+        autocast. "autocast": they stay in the autocast dtype (bfloat16/float16), halving the scans'
+        memory traffic and saved activations; the scan still computes in float32."""
+        if precision not in SCAN_PRECISIONS:
+            raise ValueError(f"scan precision must be one of {', '.join(SCAN_PRECISIONS)}, got {precision!r}")
+        for _, m in self.mixers():
+            m.scan_precision = precision
         return self
 
     def stage_grids(self, height: int, width: int):

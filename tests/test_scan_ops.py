@@ -127,3 +127,24 @@ def test_compiled_model_is_one_graph_and_equals_eager(scan):
     assert rel_err(compiled, eager) < 1e-4
     for a, b in zip(gcomp, geager):
         assert rel_err(a, b) < 1e-4
+
+
+def test_scan_precision_keeps_autocast_inputs_and_changes_nothing_outside_autocast(monkeypatch):
+    import evmamba
+    from evmamba import mixer as mixer_module
+    model = evmamba.build_model("tiny").eval()
+    x = torch.randn(1, 3, 64, 64)
+    plain = model(x)
+    seen = []
+    real = mixer_module.selective_scan
+    monkeypatch.setattr(mixer_module, "selective_scan", lambda u, *a, **k: seen.append(u.dtype) or real(u, *a, **k))
+    for precision in ("float32", "autocast"):
+        model.set_scan_precision(precision)
+        assert torch.equal(model(x), plain)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            seen.clear()
+            out = model(x)
+        assert set(seen) == {torch.float32 if precision == "float32" else torch.bfloat16}
+        assert rel_err(out.float(), plain) < 0.05
+    with pytest.raises(ValueError, match="scan precision must be one of float32, autocast, got 'half'"):
+        model.set_scan_precision("half")

@@ -14,6 +14,7 @@ if [ $# -ge 1 ] && [ -d "$1" ]; then
 fi
 python -m pip install -q --no-deps -e . 2>/dev/null || export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 status=0
-python -m evmamba.bench_gpu --out "${GPU_RESULTS:-gpu_results.json}" "$@" || status=$?
+# eager and compiled rows; rows not started within GPU_BUDGET seconds are listed as not timed
+python -m evmamba.bench_gpu --out "${GPU_RESULTS:-gpu_results.json}" --budget "${GPU_BUDGET:-420}" "$@" || status=$?
 python benchmarks/gpu_smoke.py --device cuda || status=$?
 exit $status

@@ -5,16 +5,23 @@
 
 1. Correctness: for tiny, small and base, ES2D and SS2D, the `mamba_ssm` backend against the `torch`
    backend on the same GPU in float32: logits and every parameter gradient, relative error max|diff|/max|ref|.
-2. Throughput at batch 128, 224x224 (the authors' setting): inference in fp32 and in bf16 autocast, a bf16
-   autocast training step (forward, backward, AdamW step), images/s as the median over timed runs, and the
-   peak memory of the training step; printed next to the authors' code measured on an H200
-   (PAPER_NUMBERS), with the card named, and written in full to --out.
+2. Throughput at batch 128, 224x224 (the authors' setting), in one or more execution modes:
+     eager            the model as it is
+     compiled         torch.compile(model): the whole network is one graph around the scan kernel
+     compiled-bf16    compiled, and the scans' inputs stay bfloat16 under autocast (set_scan_precision)
+     graphs           compiled with CUDA graphs (mode="reduce-overhead"), scans' inputs in bfloat16
+   For each: inference in bf16 autocast (and fp32 in eager mode), a bf16 autocast training step (forward,
+   backward, fused AdamW step), images/s as the median over timed runs, and the training step's peak
+   memory; printed next to the authors' code measured on an H200 (PAPER_NUMBERS), with the card named.
+   Every finished row is written to --out at once, so a run cut short keeps what it measured; --budget
+   stops starting new rows after that many seconds.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
+import os
+import time
 
 import torch
 
@@ -53,40 +60,66 @@ def check_kernel(variant: str, scan: str, device, batch: int = 2, size: int = 64
             "grad_rel_err_max": grad_errs[worst], "grad_worst": worst}
 
 
-def _images_per_second(step, batch, device, warmup, runs) -> float:
-    return batch / median_seconds(step, runs, device, warmup=warmup)
+MODES = {  # name: (torch.compile mode or None for eager, scan precision)
+    "eager": (None, "float32"),
+    "compiled": ("default", "float32"),
+    "compiled-bf16": ("default", "autocast"),
+    "graphs": ("reduce-overhead", "autocast"),
+}
+
+
+def _timed(step, batch, device, warmup, runs, reset_peak=False) -> tuple[float, float | None]:
+    """(images/s as the median over `runs`, peak GiB during the timed runs on CUDA) after `warmup` calls."""
+    cuda = torch.device(device).type == "cuda"
+    for _ in range(warmup):
+        step()
+    if cuda:
+        torch.cuda.synchronize(device)
+        if reset_peak:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+    ips = batch / median_seconds(step, runs, device, warmup=0)
+    return ips, (torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None)
 
 
 def throughput(variant: str, scan: str, device, batch: int, size: int = 224, warmup: int = 5, runs: int = 20,
-               backend: str = "auto") -> dict:
+               backend: str = "auto", mode: str = "eager") -> dict:
     from . import build_model
-    cuda = torch.device(device).type == "cuda"
-    model = build_model(variant, scan=scan, backend=backend).to(device)
+    compile_mode, precision = MODES[mode]
+    kind = torch.device(device).type
+    torch.manual_seed(0)
+    model = build_model(variant, scan=scan, backend=backend).to(device).set_scan_precision(precision)
+    run = model if compile_mode is None else torch.compile(model, mode=compile_mode)
     x = torch.randn(batch, 3, size, size, device=device)
-    out = {"variant": variant, "scan": scan, "batch": batch, "size": size}
+    out = {"variant": variant, "scan": scan, "mode": mode, "batch": batch, "size": size,
+           "inference_fp32": None, "inference_bf16": None, "train_step_bf16": None, "peak_gib": None}
+    # compiled modes spend their compile time in the first (warm-up) calls; more warm-up lets CUDA graphs
+    # record and the allocator settle
+    warmup = warmup if compile_mode is None else max(warmup, 3)
 
     model.eval()
     with torch.no_grad():
-        out["inference_fp32"] = _images_per_second(lambda: model(x), batch, device, warmup, runs)
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
-            out["inference_bf16"] = _images_per_second(lambda: model(x), batch, device, warmup, runs)
+        model(x[:1])  # one eager call builds the route tables, so compiled code is one graph
+        if compile_mode is None:  # fp32 inference is timed eagerly only (compiling it too costs minutes)
+            out["inference_fp32"], _ = _timed(lambda: run(x), batch, device, warmup, runs)
+        with torch.autocast(kind, dtype=torch.bfloat16):
+            out["inference_bf16"], _ = _timed(lambda: run(x), batch, device, warmup, runs)
 
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if kind == "cuda" else {}))
     target = torch.randint(0, 1000, (batch,), device=device)
 
     def train_step():
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
-            loss = torch.nn.functional.cross_entropy(model(x), target)
+        with torch.autocast(kind, dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(run(x), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    if cuda:
+    out["train_step_bf16"], out["peak_gib"] = _timed(train_step, batch, device, warmup, runs, reset_peak=True)
+    del run, model, opt
+    if kind == "cuda":
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    out["train_step_bf16"] = _images_per_second(train_step, batch, device, warmup, runs)
-    out["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
     return out
 
 
@@ -97,23 +130,63 @@ def device_name(device) -> str:
     return f"CPU ({cpu_name()})"
 
 
+def _fmt(v, ref=None, digits=0):
+    if v is None:
+        return "—"
+    text = f"{v:,.{digits}f}"
+    return text + (f" ({ref:,})" if ref is not None else "")
+
+
+def table(report: dict) -> str:
+    """The throughput rows as Markdown, the authors' H200 figures in brackets, and ratios to them."""
+    lines = [f"images/s at batch {report['batch']}, 224x224, on {report['device']} (medians); "
+             "authors' code measured on an NVIDIA H200 in brackets, then our ratio to it", "",
+             "| model | scan | mode | inference fp32 | inference bf16 | train step bf16 | peak GiB | "
+             "bf16 inference ratio | train ratio |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in report["throughput"]:
+        a = AUTHORS_H200.get((r["variant"], r["scan"]))
+        ratio = (lambda v, i: "—" if v is None or a is None else f"{v / a[i]:.2f}x")  # noqa: E731
+        lines.append(
+            f"| {r['variant']} | {r['scan'].upper()} | {r['mode']} | {_fmt(r['inference_fp32'], a and a[0])} | "
+            f"{_fmt(r['inference_bf16'], a and a[1])} | {_fmt(r['train_step_bf16'], a and a[2])} | "
+            f"{_fmt(r['peak_gib'], a and a[3], 1)} | {ratio(r['inference_bf16'], 1)} | "
+            f"{ratio(r['train_step_bf16'], 2)} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m evmamba.bench_gpu", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--variants", nargs="+", default=["tiny", "small", "base"])
     p.add_argument("--scans", nargs="+", default=["es2d", "ss2d"])
+    p.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=list(MODES),
+                   help="execution modes to time, in this order (default: eager compiled)")
     p.add_argument("--quick", action="store_true", help="fewer timed runs (2 warm-up, 5 timed)")
     p.add_argument("--skip-check", action="store_true", help="skip the kernel-vs-torch correctness check")
-    p.add_argument("--out", help="write every number to this JSON file")
+    p.add_argument("--budget", type=float, help="start no new throughput row after this many seconds")
+    p.add_argument("--out", help="write every number to this JSON file (rewritten after each row)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     from .scan import available_backends, resolve_backend
     name = device_name(device)
     print(f"device: {name}; torch {torch.__version__}; backends here: {', '.join(available_backends(device))}; "
           f"auto picks {resolve_backend('auto', device)!r}", flush=True)
 
-    report = {"device": name, "torch": torch.__version__, "batch": args.batch, "checks": [], "throughput": []}
+    start = time.perf_counter()
+    report = {"device": name, "torch": torch.__version__, "batch": args.batch, "checks": [], "throughput": [],
+              "not_timed": []}
+
+    def save():
+        if args.out:
+            tmp = args.out + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(report, f, indent=2)
+            os.replace(tmp, args.out)
+
     if not args.skip_check:
         if "mamba_ssm" not in available_backends(device):
             print("mamba_ssm backend not available on this device: correctness check skipped", flush=True)
@@ -125,28 +198,27 @@ def main(argv=None):
                     ok = r["logits_rel_err"] < 1e-4 and r["grad_rel_err_max"] < 1e-4
                     print(f"check {v:5s} {s}: logits {r['logits_rel_err']:.1e}, worst gradient "
                           f"{r['grad_rel_err_max']:.1e} ({r['grad_worst']}) {'ok' if ok else 'FAIL'}", flush=True)
+            save()
 
     warmup, runs = (2, 5) if args.quick else (5, 20)
-    for v in args.variants:
-        for s in args.scans:
-            r = throughput(v, s, device, args.batch, warmup=warmup, runs=runs)
-            report["throughput"].append(r)
-            print(f"timed {v} {s}", file=sys.stderr, flush=True)
+    for mode in args.modes:
+        for s in args.scans:  # ES2D rows of every variant before SS2D's, so a budget cuts SS2D first
+            for v in args.variants:
+                if args.budget is not None and time.perf_counter() - start > args.budget:
+                    report["not_timed"].append({"variant": v, "scan": s, "mode": mode})
+                    print(f"not timed (past the {args.budget:.0f} s budget): {v} {s} {mode}", flush=True)
+                    continue
+                t = time.perf_counter()
+                r = throughput(v, s, device, args.batch, warmup=warmup, runs=runs, mode=mode)
+                r["seconds"] = round(time.perf_counter() - t, 1)
+                report["throughput"].append(r)
+                save()
+                print(f"timed {v} {s} {mode} in {r['seconds']:.0f} s: bf16 inference {_fmt(r['inference_bf16'])}, "
+                      f"train step {_fmt(r['train_step_bf16'])} images/s", flush=True)
 
-    print(f"\nimages/s at batch {args.batch}, 224x224, on {name} (medians); "
-          "authors' code measured on an NVIDIA H200 in brackets\n")
-    print("| model | scan | inference fp32 | inference bf16 | train step bf16 | peak GiB |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
-    for r in report["throughput"]:
-        a = AUTHORS_H200.get((r["variant"], r["scan"]))
-        ref = (lambda i: f" ({a[i]:,})") if a else (lambda i: "")
-        peak = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "n/a"
-        print(f"| {r['variant']} | {r['scan'].upper()} | {r['inference_fp32']:,.0f}{ref(0)} | "
-              f"{r['inference_bf16']:,.0f}{ref(1)} | {r['train_step_bf16']:,.0f}{ref(2)} | {peak}"
-              f"{f' ({a[3]})' if a else ''} |")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
+    print("\n" + table(report))
+    report["elapsed_s"] = round(time.perf_counter() - start, 1)
+    save()
     return report
 
 

@@ -148,3 +148,23 @@ def test_scan_precision_keeps_autocast_inputs_and_changes_nothing_outside_autoca
         assert rel_err(out.float(), plain) < 0.05
     with pytest.raises(ValueError, match="scan precision must be one of float32, autocast, got 'half'"):
         model.set_scan_precision("half")
+
+
+@pytest.mark.parametrize("scan", ["es2d", "ss2d"])
+def test_compiled_model_on_the_kernel_operator_equals_eager(stand_in, monkeypatch, scan):
+    # The whole model on the mamba_ssm path (here the CPU stand-in, whose outputs take their inputs' strides
+    # as the kernel's do), compiled by inductor: the graph hands the kernel what it traced.
+    import evmamba
+    import evmamba.scan as scan_module
+    monkeypatch.setitem(scan_module._IMPLEMENTATIONS, "mamba_ssm", cuda.run_kernel)
+    torch.manual_seed(0)
+    model = evmamba.build_model("tiny", scan=scan, backend="mamba_ssm").eval()
+    x = torch.randn(2, 3, 64, 64)
+    eager = model(x)
+    geager = torch.autograd.grad(eager.square().mean(), list(model.parameters()))
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)(x)
+    gcomp = torch.autograd.grad(compiled.square().mean(), list(model.parameters()))
+    assert rel_err(compiled, eager) < 1e-4
+    for a, b in zip(gcomp, geager):
+        assert rel_err(a, b) < 1e-4

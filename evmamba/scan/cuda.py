@@ -39,8 +39,12 @@ def _like(t):
 
 
 # The kernel allocates its outputs like its inputs (empty_like), so compiled code must hand it inputs with
-# exactly the strides it traced with.
-@torch.library.custom_op("evmamba::mamba_scan", mutates_args=(), tags=(torch.Tag.needs_exact_strides,))
+# exactly the strides it traced with (recent torch does so for custom operators by default; the tag says
+# it where the tag exists).
+_EXACT_STRIDES = tuple(t for t in (getattr(torch.Tag, "needs_exact_strides", None),) if t is not None)
+
+
+@torch.library.custom_op("evmamba::mamba_scan", mutates_args=(), tags=_EXACT_STRIDES)
 def mamba_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                D: torch.Tensor, delta_bias: torch.Tensor, delta_softplus: bool
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,7 +61,7 @@ def _(u, delta, A, B, C, D, delta_bias, delta_softplus):
     return _like(delta), u.new_empty((batch, channels, chunks, 2 * A.shape[1]), dtype=A.dtype)
 
 
-@torch.library.custom_op("evmamba::mamba_scan_backward", mutates_args=(), tags=(torch.Tag.needs_exact_strides,))
+@torch.library.custom_op("evmamba::mamba_scan_backward", mutates_args=(), tags=_EXACT_STRIDES)
 def mamba_scan_backward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                         C: torch.Tensor, D: torch.Tensor, delta_bias: torch.Tensor, x: torch.Tensor,
                         dout: torch.Tensor, delta_softplus: bool

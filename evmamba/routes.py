@@ -205,7 +205,6 @@ class RouteTables:
 _TABLES: dict = {}
 
 
-@torch.compiler.disable  # built once per grid and device, in eager mode; compiled code finds them cached
 def _build_tables(scan: str, height: int, width: int, step: int, device: str) -> RouteTables:
     r = scan_routes(scan, height, width, step)
     merge = r.merge_index()
@@ -214,11 +213,15 @@ def _build_tables(scan: str, height: int, width: int, step: int, device: str) ->
 
 
 def route_tables(scan: str, height: int, width: int, step: int, device) -> RouteTables:
-    """The cached `RouteTables` of `scan` over a height×width map on `device`."""
+    """The cached `RouteTables` of `scan` over a height×width map on `device`.
+
+    Built once per grid and device. Compiled code finds them cached and reads their tensors as constants;
+    if torch.compile meets a grid first, it builds the tables outside the graph (a graph break, once)."""
     key = (scan, height, width, step, str(device))
     tables = _TABLES.get(key)
     if tables is None:
-        tables = _TABLES[key] = _build_tables(scan, height, width, step, str(device))
+        build = torch.compiler.disable(_build_tables) if torch.compiler.is_compiling() else _build_tables
+        tables = _TABLES[key] = build(scan, height, width, step, str(device))
     return tables
 
 

@@ -44,29 +44,30 @@ def _like(t):
 _EXACT_STRIDES = tuple(t for t in (getattr(torch.Tag, "needs_exact_strides", None),) if t is not None)
 
 
-@torch.library.custom_op("evmamba::mamba_scan", mutates_args=(), tags=_EXACT_STRIDES)
-def mamba_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-               D: torch.Tensor, delta_bias: torch.Tensor, delta_softplus: bool
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+torch.library.define("evmamba::mamba_scan", "(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor D, "
+                     "Tensor delta_bias, bool delta_softplus) -> (Tensor, Tensor)", tags=_EXACT_STRIDES)
+torch.library.define("evmamba::mamba_scan_backward", "(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, "
+                     "Tensor D, Tensor delta_bias, Tensor x, Tensor dout, bool delta_softplus) "
+                     "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", tags=_EXACT_STRIDES)
+
+
+@torch.library.impl("evmamba::mamba_scan", "CompositeExplicitAutograd")
+def _mamba_scan(u, delta, A, B, C, D, delta_bias, delta_softplus):
     """y (like delta) and the kernel's saved states x (batch, channels, ⌈L/2048⌉, 2N) in float32."""
     out, x, *_ = extension().fwd(_token_contiguous(u), _token_contiguous(delta), A, _token_contiguous(B),
                                  _token_contiguous(C), D, None, delta_bias, delta_softplus)
     return out, x
 
 
-@mamba_scan.register_fake
+@torch.library.register_fake("evmamba::mamba_scan")
 def _(u, delta, A, B, C, D, delta_bias, delta_softplus):
     batch, channels, length = u.shape
     chunks = -(-length // CHUNK)
     return _like(delta), u.new_empty((batch, channels, chunks, 2 * A.shape[1]), dtype=A.dtype)
 
 
-@torch.library.custom_op("evmamba::mamba_scan_backward", mutates_args=(), tags=_EXACT_STRIDES)
-def mamba_scan_backward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
-                        C: torch.Tensor, D: torch.Tensor, delta_bias: torch.Tensor, x: torch.Tensor,
-                        dout: torch.Tensor, delta_softplus: bool
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                   torch.Tensor, torch.Tensor]:
+@torch.library.impl("evmamba::mamba_scan_backward", "CompositeExplicitAutograd")
+def _mamba_scan_backward(u, delta, A, B, C, D, delta_bias, x, dout, delta_softplus):
     """Gradients for u, delta, A, B, C, D, delta_bias (the kernel recomputes the scan from x)."""
     du, ddelta, dA, dB, dC, dD, dbias, *_ = extension().bwd(
         _token_contiguous(u), _token_contiguous(delta), A, _token_contiguous(B), _token_contiguous(C), D,
@@ -74,7 +75,7 @@ def mamba_scan_backward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B
     return du, ddelta, dA, dB, dC, dD, dbias
 
 
-@mamba_scan_backward.register_fake
+@torch.library.register_fake("evmamba::mamba_scan_backward")
 def _(u, delta, A, B, C, D, delta_bias, x, dout, delta_softplus):
     return _like(u), _like(delta), _like(A), _like(B), _like(C), _like(D), _like(delta_bias)
 
@@ -91,7 +92,9 @@ def _backward(ctx, dout, _dx):
     return (*grads, None)
 
 
-mamba_scan.register_autograd(_backward, setup_context=_setup_context)
+torch.library.register_autograd("evmamba::mamba_scan", _backward, setup_context=_setup_context)
+mamba_scan = torch.ops.evmamba.mamba_scan
+mamba_scan_backward = torch.ops.evmamba.mamba_scan_backward
 
 
 def selective_scan_mamba_ssm(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):

@@ -41,11 +41,17 @@ def _decay_and_drive(dt_c, u_c, A, B_c, decay, drive):
 # The core runs as two registered operators (forward, and backward with its own recomputation) so that
 # torch.compile sees one opaque node rather than unrolling the per-token loop, and autograd calls our
 # backward. Shapes: u, dt (L, b, G, d) time-major; B, C (L, b, G, N); A (G, d, N); returns y like u and
-# the state entering each chunk, (chunks, b, G, d, N), which the backward needs.
+# the state entering each chunk, (chunks, b, G, d, N), which the backward needs. (Registered with
+# torch.library.define/impl rather than custom_op, whose wrapper loads torch._dynamo on the first call:
+# a second and 70 MB that eager users do not need.)
+torch.library.define("evmamba::torch_scan", "(Tensor u, Tensor dt, Tensor A, Tensor B, Tensor C, int chunk) "
+                     "-> (Tensor, Tensor)")
+torch.library.define("evmamba::torch_scan_backward", "(Tensor u, Tensor dt, Tensor A, Tensor B, Tensor C, "
+                     "Tensor starts, Tensor gy, int chunk) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
 
-@torch.library.custom_op("evmamba::torch_scan", mutates_args=())
-def scan_core(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-              chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+
+@torch.library.impl("evmamba::torch_scan", "CompositeExplicitAutograd")
+def _scan_core(u, dt, A, B, C, chunk):
     """Forward over chunks. Each chunk works in a few (chunk, b, G, d, N) buffers allocated once per call,
     so the loop allocates no state-sized tensors (fresh allocations of that size cost page faults)."""
     length = u.shape[0]
@@ -65,15 +71,13 @@ def scan_core(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tenso
     return y, starts
 
 
-@scan_core.register_fake
+@torch.library.register_fake("evmamba::torch_scan")
 def _(u, dt, A, B, C, chunk):
     return u.new_empty(u.shape), u.new_empty((-(-u.shape[0] // chunk),) + u.shape[1:] + A.shape[-1:])
 
 
-@torch.library.custom_op("evmamba::torch_scan_backward", mutates_args=())
-def scan_core_backward(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                       starts: torch.Tensor, gy: torch.Tensor, chunk: int
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+@torch.library.impl("evmamba::torch_scan_backward", "CompositeExplicitAutograd")
+def _scan_core_backward(u, dt, A, B, C, starts, gy, chunk):
     """Gradients of scan_core's y for u, dt, A, B, C: recompute each chunk from its start state, then run
     the adjoint recurrence g_t = C_t dy_t + decay_{t+1} g_{t+1} backwards through it."""
     gy = gy.contiguous()
@@ -108,7 +112,7 @@ def scan_core_backward(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: to
     return gu, gdt, gA, gB, gC
 
 
-@scan_core_backward.register_fake
+@torch.library.register_fake("evmamba::torch_scan_backward")
 def _(u, dt, A, B, C, starts, gy, chunk):
     return tuple(t.new_empty(t.shape) for t in (u, dt, A, B, C))
 
@@ -124,7 +128,9 @@ def _backward(ctx, gy, _gstarts):
     return gu, gdt, gA, gB, gC, None
 
 
-scan_core.register_autograd(_backward, setup_context=_setup_context)
+torch.library.register_autograd("evmamba::torch_scan", _backward, setup_context=_setup_context)
+scan_core = torch.ops.evmamba.torch_scan
+scan_core_backward = torch.ops.evmamba.torch_scan_backward
 
 
 def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):

@@ -5,6 +5,8 @@
 # 2. analyses, the browser demo and the trainer on the GPU against the CPU (benchmarks/gpu_smoke.py).
 # WHEEL_DIR holds a prebuilt mamba-ssm wheel (and its install_mamba_ssm.sh); without it, mamba-ssm must
 # already be installed (pip install -r requirements-gpu.txt).
+# GPU_BUDGET (seconds, default 420) bounds the throughput rows; GPU_SMOKE=0 skips step 2 (run it on its
+# own with `python benchmarks/gpu_smoke.py --device cuda`); GPU_RESULTS names the results file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -ge 1 ] && [ -d "$1" ]; then
@@ -16,5 +18,5 @@ python -m pip install -q --no-deps -e . 2>/dev/null || export PYTHONPATH="$PWD${
 status=0
 # eager and compiled rows; rows not started within GPU_BUDGET seconds are listed as not timed
 python -m evmamba.bench_gpu --out "${GPU_RESULTS:-gpu_results.json}" --budget "${GPU_BUDGET:-420}" "$@" || status=$?
-python benchmarks/gpu_smoke.py --device cuda || status=$?
+if [ "${GPU_SMOKE:-1}" != 0 ]; then python benchmarks/gpu_smoke.py --device cuda || status=$?; fi
 exit $status

@@ -5,6 +5,7 @@
 
 1. Correctness: for tiny, small and base, ES2D and SS2D, the `mamba_ssm` backend against the `torch`
    backend on the same GPU in float32: logits and every parameter gradient, relative error max|diff|/max|ref|.
+   With a compiled mode asked for, the compiled model against the eager one (first variant and scan).
 2. Throughput at batch 128, 224x224 (the authors' setting), in one or more execution modes:
      eager            the model as it is
      compiled         torch.compile(model): the whole network is one graph around the scan kernel
@@ -66,6 +67,26 @@ MODES = {  # name: (torch.compile mode or None for eager, scan precision)
     "compiled-bf16": ("default", "autocast"),
     "graphs": ("reduce-overhead", "autocast"),
 }
+
+
+def check_compiled(variant: str, scan: str, device, batch: int = 2, size: int = 64) -> dict:
+    """torch.compile(model) against the eager model on one device (float32, the backend `auto` picks):
+    logits and parameter gradients."""
+    from . import build_model
+    torch.manual_seed(0)
+    model = build_model(variant, scan=scan).to(device).eval()
+    x = torch.randn(batch, 3, size, size, device=device)
+    results = []
+    for run in (model, torch.compile(model)):
+        model.zero_grad(set_to_none=True)
+        out = run(x)
+        out.float().pow(2).mean().backward()
+        results.append((out.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters()}))
+    (ref, gref), (out, gout) = results
+    grad_errs = {n: rel_err(gout[n], gref[n]) for n in gref}
+    worst = max(grad_errs, key=grad_errs.get)
+    return {"variant": variant, "scan": scan, "compiled": True, "logits_rel_err": rel_err(out, ref),
+            "grad_rel_err_max": grad_errs[worst], "grad_worst": worst}
 
 
 def _timed(step, batch, device, warmup, runs, reset_peak=False) -> tuple[float, float | None]:
@@ -199,6 +220,13 @@ def main(argv=None):
                     print(f"check {v:5s} {s}: logits {r['logits_rel_err']:.1e}, worst gradient "
                           f"{r['grad_rel_err_max']:.1e} ({r['grad_worst']}) {'ok' if ok else 'FAIL'}", flush=True)
             save()
+    if not args.skip_check and any(m != "eager" for m in args.modes):  # the compiled graph, once
+        r = check_compiled(args.variants[0], args.scans[0], device)
+        report["checks"].append(r)
+        ok = r["logits_rel_err"] < 1e-4 and r["grad_rel_err_max"] < 1e-4
+        print(f"check {r['variant']:5s} {r['scan']} compiled vs eager: logits {r['logits_rel_err']:.1e}, worst "
+              f"gradient {r['grad_rel_err_max']:.1e} ({r['grad_worst']}) {'ok' if ok else 'FAIL'}", flush=True)
+        save()
 
     warmup, runs = (2, 5) if args.quick else (5, 20)
     for mode in args.modes:

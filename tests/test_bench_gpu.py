@@ -35,3 +35,10 @@ def test_table_gives_ratios_to_the_authors():
          "train_step_bf16": 2155.0, "peak_gib": 5.0}]}
     row = bench_gpu.table(report).splitlines()[-1]
     assert row == ("| tiny | ES2D | compiled | — | 8,181 (5,454) | 2,155 (1,724) | 5.0 (6.3) | 1.50x | 1.25x |")
+
+
+def test_compiled_mode_checks_the_compiled_model_first(tmp_path):
+    report = bench_gpu.main(["--device", "cpu", "--variants", "tiny", "--scans", "es2d", "--modes", "compiled",
+                             "--budget", "0"])
+    (check,) = report["checks"]
+    assert check["compiled"] and check["logits_rel_err"] < 1e-4 and check["grad_rel_err_max"] < 1e-4

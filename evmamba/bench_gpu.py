@@ -182,8 +182,8 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--variants", nargs="+", default=["tiny", "small", "base"])
     p.add_argument("--scans", nargs="+", default=["es2d", "ss2d"])
-    p.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=list(MODES),
-                   help="execution modes to time, in this order (default: eager compiled)")
+    p.add_argument("--modes", nargs="+", default=["eager", "compiled", "compiled-bf16"], choices=list(MODES),
+                   help="execution modes to time (default: eager compiled compiled-bf16)")
     p.add_argument("--quick", action="store_true", help="fewer timed runs (2 warm-up, 5 timed)")
     p.add_argument("--skip-check", action="store_true", help="skip the kernel-vs-torch correctness check")
     p.add_argument("--budget", type=float, help="start no new throughput row after this many seconds")
@@ -229,20 +229,21 @@ def main(argv=None):
         save()
 
     warmup, runs = (2, 5) if args.quick else (5, 20)
-    for mode in args.modes:
-        for s in args.scans:  # ES2D rows of every variant before SS2D's, so a budget cuts SS2D first
-            for v in args.variants:
-                if args.budget is not None and time.perf_counter() - start > args.budget:
-                    report["not_timed"].append({"variant": v, "scan": s, "mode": mode})
-                    print(f"not timed (past the {args.budget:.0f} s budget): {v} {s} {mode}", flush=True)
-                    continue
-                t = time.perf_counter()
-                r = throughput(v, s, device, args.batch, warmup=warmup, runs=runs, mode=mode)
-                r["seconds"] = round(time.perf_counter() - t, 1)
-                report["throughput"].append(r)
-                save()
-                print(f"timed {v} {s} {mode} in {r['seconds']:.0f} s: bf16 inference {_fmt(r['inference_bf16'])}, "
-                      f"train step {_fmt(r['train_step_bf16'])} images/s", flush=True)
+    # eager rows first, then ES2D's other modes variant by variant, then SS2D's: a budget cuts SS2D first
+    jobs = [(m, s, v) for m in args.modes if m == "eager" for s in args.scans for v in args.variants]
+    jobs += [(m, s, v) for s in args.scans for v in args.variants for m in args.modes if m != "eager"]
+    for mode, s, v in jobs:
+        if args.budget is not None and time.perf_counter() - start > args.budget:
+            report["not_timed"].append({"variant": v, "scan": s, "mode": mode})
+            print(f"not timed (past the {args.budget:.0f} s budget): {v} {s} {mode}", flush=True)
+            continue
+        t = time.perf_counter()
+        r = throughput(v, s, device, args.batch, warmup=warmup, runs=runs, mode=mode)
+        r["seconds"] = round(time.perf_counter() - t, 1)
+        report["throughput"].append(r)
+        save()
+        print(f"timed {v} {s} {mode} in {r['seconds']:.0f} s: bf16 inference {_fmt(r['inference_bf16'])}, "
+              f"train step {_fmt(r['train_step_bf16'])} images/s", flush=True)
 
     print("\n" + table(report))
     report["elapsed_s"] = round(time.perf_counter() - start, 1)

@@ -112,7 +112,9 @@ class SelectiveScan2D(nn.Module):
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))
         y = self.scan_map(x).permute(0, 2, 3, 1)  # channels-last: contiguous after the merge
-        return self.out_proj(self.out_norm(y) * F.silu(z))
+        # under autocast the norm's float32 output is cast to the gate's dtype before the product, so the
+        # product saves a bfloat16 copy for backward (out_proj would cast it there anyway); a no-op otherwise
+        return self.out_proj(self.out_norm(y).to(z.dtype) * F.silu(z))
 
     def extra_repr(self):
         return f"scan={self.scan!r}, step={self.step}, routes={self.num_routes}, d_inner={self.d_inner}, " \

@@ -215,13 +215,13 @@ def _build_tables(scan: str, height: int, width: int, step: int, device: str) ->
 def route_tables(scan: str, height: int, width: int, step: int, device) -> RouteTables:
     """The cached `RouteTables` of `scan` over a height×width map on `device`.
 
-    Built once per grid and device. Compiled code finds them cached and reads their tensors as constants;
-    if torch.compile meets a grid first, it builds the tables outside the graph (a graph break, once)."""
+    Built once per grid and device, in eager mode: compiled code then finds them cached and reads their
+    tensors as constants (one graph). A model compiled before any eager call still computes the same
+    result, but the compiler breaks its graphs where it meets the tables' construction."""
     key = (scan, height, width, step, str(device))
     tables = _TABLES.get(key)
     if tables is None:
-        build = torch.compiler.disable(_build_tables) if torch.compiler.is_compiling() else _build_tables
-        tables = _TABLES[key] = build(scan, height, width, step, str(device))
+        tables = _TABLES[key] = _build_tables(scan, height, width, step, str(device))
     return tables
 
 

@@ -84,11 +84,11 @@ class SelectiveScan2D(nn.Module):
         dts = torch.bmm(self.dt_projs_weight, x_dbl[:, : self.dt_rank])  # (K, d, B·L)
         ct = compute_dtype(x.dtype) if self.scan_precision == "float32" else x.dtype
 
-        def batch_first(t):  # (K, c, B·L) -> (B, K, c, L), a view
-            return t.view(k, -1, b, length).permute(2, 0, 1, 3).to(ct)
+        def batch_first(m):  # (K, c, B·L) -> (B, K, c, L), a view
+            return m.view(k, -1, b, length).permute(2, 0, 1, 3).to(ct)
 
         Bs, Cs = (batch_first(x_dbl[:, self.dt_rank + i * n: self.dt_rank + (i + 1) * n]) for i in range(2))
-        u, dt = (batch_first(t).reshape(b, k * d, length) for t in (xs, dts))
+        u, dt = (batch_first(m).reshape(b, k * d, length) for m in (xs, dts))
         return u, dt, Bs, Cs
 
     def ssm_parameters(self, dtype=torch.float32):

@@ -2,9 +2,9 @@
 
 A route is data. `scan_routes(scan, height, width, step)` returns a `ScanRoutes` whose `index` tensor
 (K routes × L tokens) holds flat positions on a (possibly padded) grid, in reading order. The model's
-cross-scan is one gather by that index (`ScanRoutes.gather`) and its cross-merge one scatter-add back
-(`ScanRoutes.scatter`); the partition pictures, per-route receptive fields and FLOP counts read the same
-object, so a picture cannot disagree with what the model computes.
+cross-scan is one gather by that index (`cross_scan`) and its cross-merge one gather back by its inverse,
+each position's readers summed (`cross_merge`); the partition pictures, per-route receptive fields and
+FLOP counts read the same object, so a picture cannot disagree with what the model computes.
 
 SS2D (VMamba's four-way scan): K = 4 routes, each over all H·W positions, no padding:
   0 row-major, 1 column-major, 2 = route 0 reversed, 3 = route 1 reversed.
@@ -203,6 +203,7 @@ class RouteTables:
 
 
 _TABLES: dict = {}
+_MAX_TABLES = 512  # grids × devices kept; the oldest goes first (a server sees many image sizes)
 
 
 def _build_tables(scan: str, height: int, width: int, step: int, device: str) -> RouteTables:
@@ -221,6 +222,8 @@ def route_tables(scan: str, height: int, width: int, step: int, device) -> Route
     key = (scan, height, width, step, str(device))
     tables = _TABLES.get(key)
     if tables is None:
+        if len(_TABLES) >= _MAX_TABLES:
+            del _TABLES[next(iter(_TABLES))]
         tables = _TABLES[key] = _build_tables(scan, height, width, step, str(device))
     return tables
 

@@ -92,3 +92,16 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="routes are for a 4x4 map"):
         scan_routes("es2d", 4, 4).gather(torch.zeros(1, 1, 5, 4))
     assert num_routes("es2d", 4) == 16 and num_routes("ss2d") == 4
+
+
+def test_route_tables_are_cached_and_bounded(monkeypatch):
+    from evmamba import routes as r
+    monkeypatch.setattr(r, "_TABLES", {})
+    monkeypatch.setattr(r, "_MAX_TABLES", 3)
+    first = r.route_tables("es2d", 4, 4, 2, "cpu")
+    assert r.route_tables("es2d", 4, 4, 2, torch.device("cpu")) is first
+    for size in (5, 6, 7):
+        r.route_tables("es2d", size, size, 2, "cpu")
+    assert len(r._TABLES) == 3 and ("es2d", 4, 4, 2, "cpu") not in r._TABLES
+    ss = r.route_tables("ss2d", 3, 5, 2, "cpu")
+    assert ss.readers == 4 and ss.merge_index.numel() == 4 * 15 and ss.scan_index.numel() == 4 * 15

@@ -2,6 +2,7 @@
 
     python -m evmamba.bench            # the full table (a few minutes on 2 cores)
     python -m evmamba.bench --quick    # fewer repetitions
+    python -m evmamba.bench --compile  # also tiny's forward compiled against eager
 
 Both backends run in one process, interleaved repetition by repetition, and the table reports medians and
 their ratio, with the machine it ran on. Accuracy is the relative error (max |diff| / max |ref|) of the
@@ -107,6 +108,32 @@ def model_cases(variant="tiny", scans=("es2d",), size=224):
     return cases
 
 
+def compile_cases(batches=(1, 8), size=224):
+    """Tiny ES2D forward, eager against torch.compile (torch backend), per batch size."""
+    from .model import build_model
+    model = build_model("tiny", backend="torch").eval()
+    compiled = torch.compile(model, dynamic=False)  # one static graph per batch size, as a server would use
+    cases = {}
+    for batch in batches:
+        x = torch.randn(batch, 3, size, size)
+
+        def fwd(m, x=x):
+            with torch.no_grad():
+                m(x)
+
+        fwd(model)  # an eager call first: the compiled graph reads the route tables it builds
+        cases[f"tiny ES2D {size}x{size} batch {batch} forward"] = {
+            "eager": (lambda f=fwd: f(model)), "compiled": (lambda f=fwd: f(compiled))}
+    return cases
+
+
+def table(medians: dict, base: str, other: str) -> str:
+    lines = [f"| case | {base} (ms) | {other} (ms) | speed-up |", "| --- | ---: | ---: | ---: |"]
+    for name, m in medians.items():
+        lines.append(f"| {name} | {m[base] * 1e3:.1f} | {m[other] * 1e3:.1f} | {m[base] / m[other]:.1f}x |")
+    return "\n".join(lines)
+
+
 def accuracy(lengths) -> dict:
     from .scan import selective_scan
     out = {}
@@ -144,26 +171,30 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="3 repetitions instead of 7")
     parser.add_argument("--lengths", type=int, nargs="+", default=[784, 3136], help="scan lengths (tokens)")
     parser.add_argument("--ss2d", action="store_true", help="also time the tiny model with SS2D")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time tiny's forward compiled against eager (compiling takes a minute or two)")
     args = parser.parse_args(argv)
     repeats = 3 if args.quick else 7
 
     load_before = _load()
     cases = {**scan_cases(args.lengths), **model_cases(scans=("es2d", "ss2d") if args.ss2d else ("es2d",))}
-    with tqdm(total=repeats * len(cases), desc="timing", unit="rep", file=sys.stderr) as bar:
+    extra = compile_cases() if args.compile else {}
+    with tqdm(total=repeats * (len(cases) + len(extra)), desc="timing", unit="rep", file=sys.stderr) as bar:
         medians = compare(cases, repeats, bar)
+        compiled = compare(extra, repeats, bar)
     errors = accuracy(args.lengths)
     peak = peak_memory_mb()
 
     print(f"machine: {machine()}; load average before/after: {load_before} / {_load()}")
     print(f"median of {repeats} interleaved repetitions; scans at batch 1, K=4, d=96, N=16\n")
-    print("| case | reference (ms) | torch (ms) | speed-up |")
-    print("| --- | ---: | ---: | ---: |")
-    for name, m in medians.items():
-        print(f"| {name} | {m['reference'] * 1e3:.1f} | {m['torch'] * 1e3:.1f} | {m['reference'] / m['torch']:.1f}x |")
+    print(table(medians, "reference", "torch"))
     print()
     for length, err in errors.items():
         print(f"relative error, torch float32 vs reference float64, L={length}: {err:.1e}")
     print(f"peak resident memory, tiny 224x224 forward+backward (torch backend, whole process): {peak:.0f} MB")
+    if compiled:
+        print("\ntorch.compile (inductor) against eager, torch backend, same interleaving\n")
+        print(table(compiled, "eager", "compiled"))
     return medians
 
 

@@ -1,0 +1,16 @@
+"""The CPU benchmark's pieces: its table, and the compiled-against-eager cases it times."""
+from evmamba import bench
+
+
+def test_table_gives_medians_in_ms_and_the_ratio():
+    text = bench.table({"scan L=784 forward": {"reference": 0.0814, "torch": 0.0104}}, "reference", "torch")
+    assert text.splitlines() == ["| case | reference (ms) | torch (ms) | speed-up |", "| --- | ---: | ---: | ---: |",
+                                 "| scan L=784 forward | 81.4 | 10.4 | 7.8x |"]
+
+
+def test_compile_cases_run_eager_and_compiled():
+    cases = bench.compile_cases(batches=(1,), size=64)
+    (name, fns), = cases.items()
+    assert name == "tiny ES2D 64x64 batch 1 forward" and set(fns) == {"eager", "compiled"}
+    for fn in fns.values():
+        fn()

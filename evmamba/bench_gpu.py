@@ -77,7 +77,8 @@ def check_compiled(variant: str, scan: str, device, batch: int = 2, size: int = 
     model = build_model(variant, scan=scan).to(device).eval()
     x = torch.randn(batch, 3, size, size, device=device)
     results = []
-    for run in (model, torch.compile(model)):
+    torch._dynamo.reset()
+    for run in (model, torch.compile(model, dynamic=False)):
         model.zero_grad(set_to_none=True)
         out = run(x)
         out.float().pow(2).mean().backward()
@@ -110,7 +111,11 @@ def throughput(variant: str, scan: str, device, batch: int, size: int = 224, war
     kind = torch.device(device).type
     torch.manual_seed(0)
     model = build_model(variant, scan=scan, backend=backend).to(device).set_scan_precision(precision)
-    run = model if compile_mode is None else torch.compile(model, mode=compile_mode)
+    if compile_mode is not None:
+        # a fresh compiler cache per row (rows would otherwise pile up recompilations of the same code until
+        # dynamo gives up and runs eagerly), and static shapes: one batch size, one graph per mode
+        torch._dynamo.reset()
+    run = model if compile_mode is None else torch.compile(model, mode=compile_mode, dynamic=False)
     x = torch.randn(batch, 3, size, size, device=device)
     out = {"variant": variant, "scan": scan, "mode": mode, "batch": batch, "size": size,
            "inference_fp32": None, "inference_bf16": None, "train_step_bf16": None, "peak_gib": None}

@@ -168,3 +168,20 @@ def test_compiled_model_on_the_kernel_operator_equals_eager(stand_in, monkeypatc
     assert rel_err(compiled, eager) < 1e-4
     for a, b in zip(gcomp, geager):
         assert rel_err(a, b) < 1e-4
+
+
+def test_compiled_model_follows_a_changing_batch_size():
+    # a second batch size makes dynamo recompile with a symbolic batch (dynamic shapes)
+    import evmamba
+    torch.manual_seed(0)
+    model = evmamba.build_model("tiny", scan="es2d").eval()
+    torch._dynamo.reset()
+    compiled = torch.compile(model)
+    for batch in (2, 3):
+        x = torch.randn(batch, 3, 64, 64)
+        eager = model(x)
+        geager = torch.autograd.grad(eager.square().mean(), list(model.parameters()))
+        out = compiled(x)
+        gcomp = torch.autograd.grad(out.square().mean(), list(model.parameters()))
+        assert rel_err(out, eager) < 1e-4
+        assert max(rel_err(a, b) for a, b in zip(gcomp, geager)) < 1e-4

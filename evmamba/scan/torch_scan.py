@@ -141,7 +141,10 @@ def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
     d = channels // groups
 
     def time_major(t):  # (batch, channels, L) -> (L, batch, groups, d)
-        return t.permute(2, 0, 1).reshape(length, batch, groups, d)
+        t = t.permute(2, 0, 1).reshape(length, batch, groups, d)
+        # compiled code hands the operator dense time-major inputs: inductor cannot order the strides of the
+        # route-major views when the batch size is symbolic (dynamic shapes)
+        return t.contiguous() if torch.compiler.is_compiling() else t
 
     chunk = chunk_length(length, batch * channels * n)
     y, _ = scan_core(time_major(u), time_major(delta), A.reshape(groups, d, n),

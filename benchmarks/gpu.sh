@@ -14,7 +14,8 @@ if [ $# -ge 1 ] && [ -d "$1" ]; then
   if [ -f "$wheels/install_mamba_ssm.sh" ]; then bash "$wheels/install_mamba_ssm.sh" "$wheels"
   else python -m pip install --no-deps --no-index "$wheels"/mamba_ssm-*.whl; fi
 fi
-python -m pip install -q --no-deps -e . 2>/dev/null || export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# the checkout itself on the path (no install step: a machine without a network would stall in pip's retries)
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 status=0
 # eager and compiled rows; rows not started within GPU_BUDGET seconds are listed as not timed
 python -m evmamba.bench_gpu --out "${GPU_RESULTS:-gpu_results.json}" --budget "${GPU_BUDGET:-420}" "$@" || status=$?

@@ -6,6 +6,10 @@
     model = evmamba.build_model("tiny", pretrained=True)   # the authors' ImageNet-1K weights, from the Hub
     logits = model(evmamba.preprocess(image))               # a PIL image or array -> a normalised batch
     routes = evmamba.scan_routes("es2d", 56, 56, step=2)   # what the first stage's scan reads, in order
+
+    model = model.cuda(); model(x)                         # on a GPU: mamba-ssm's kernel when installed
+    fast = torch.compile(model)                            # then one graph around the kernel
+    model.set_scan_precision("autocast")                   # bf16 scan inputs under autocast (default float32)
 """
 from .checkpoint import (CheckpointError, CheckpointMismatchError, describe_checkpoint, load_checkpoint,
                          model_from_checkpoint, read_checkpoint, save_checkpoint)

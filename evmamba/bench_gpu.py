@@ -40,25 +40,39 @@ def rel_err(a, b) -> float:
     return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
 
 
-def check_kernel(variant: str, scan: str, device, batch: int = 2, size: int = 64) -> dict:
-    """mamba_ssm vs torch backend on one device: logits and parameter gradients, float32."""
-    from . import build_model
-    torch.manual_seed(0)
-    model = build_model(variant, scan=scan).to(device).train()
-    x = torch.randn(batch, 3, size, size, device=device)
-    results = {}
-    for backend in ("torch", "mamba_ssm"):
-        model.set_scan_backend(backend)
-        model.zero_grad(set_to_none=True)
-        torch.manual_seed(1)  # same stochastic-depth draws (drop_path is 0 here anyway)
-        out = model(x)
-        out.float().pow(2).mean().backward()
-        results[backend] = (out.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters()})
-    (ref, gref), (out, gout) = results["torch"], results["mamba_ssm"]
+def _logits_and_grads(model, run, x) -> tuple[torch.Tensor, dict]:
+    """run(x) (the model, or a compiled wrapper of it), then the gradients of a fixed loss."""
+    model.zero_grad(set_to_none=True)
+    out = run(x)
+    out.float().pow(2).mean().backward()
+    return out.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+def _agreement(variant, scan, reference, other) -> dict:
+    """Relative errors of `other`'s logits and gradients against `reference`'s, and the worst gradient."""
+    (ref, gref), (out, gout) = reference, other
     grad_errs = {n: rel_err(gout[n], gref[n]) for n in gref}
     worst = max(grad_errs, key=grad_errs.get)
     return {"variant": variant, "scan": scan, "logits_rel_err": rel_err(out, ref),
             "grad_rel_err_max": grad_errs[worst], "grad_worst": worst}
+
+
+def _model_and_input(variant, scan, device, batch, size):
+    from . import build_model
+    torch.manual_seed(0)
+    return build_model(variant, scan=scan).to(device), torch.randn(batch, 3, size, size, device=device)
+
+
+def check_kernel(variant: str, scan: str, device, batch: int = 2, size: int = 64) -> dict:
+    """mamba_ssm vs torch backend on one device: logits and parameter gradients, float32."""
+    model, x = _model_and_input(variant, scan, device, batch, size)
+    model.train()
+    results = []
+    for backend in ("torch", "mamba_ssm"):
+        model.set_scan_backend(backend)
+        torch.manual_seed(1)  # same stochastic-depth draws (drop_path is 0 here anyway)
+        results.append(_logits_and_grads(model, model, x))
+    return _agreement(variant, scan, *results)
 
 
 MODES = {  # name: (torch.compile mode or None for eager, scan precision)
@@ -72,22 +86,17 @@ MODES = {  # name: (torch.compile mode or None for eager, scan precision)
 def check_compiled(variant: str, scan: str, device, batch: int = 2, size: int = 64) -> dict:
     """torch.compile(model) against the eager model on one device (float32, the backend `auto` picks):
     logits and parameter gradients."""
-    from . import build_model
-    torch.manual_seed(0)
-    model = build_model(variant, scan=scan).to(device).eval()
-    x = torch.randn(batch, 3, size, size, device=device)
-    results = []
+    model, x = _model_and_input(variant, scan, device, batch, size)
+    model.eval()
     torch._dynamo.reset()
-    for run in (model, torch.compile(model, dynamic=False)):
-        model.zero_grad(set_to_none=True)
-        out = run(x)
-        out.float().pow(2).mean().backward()
-        results.append((out.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters()}))
-    (ref, gref), (out, gout) = results
-    grad_errs = {n: rel_err(gout[n], gref[n]) for n in gref}
-    worst = max(grad_errs, key=grad_errs.get)
-    return {"variant": variant, "scan": scan, "compiled": True, "logits_rel_err": rel_err(out, ref),
-            "grad_rel_err_max": grad_errs[worst], "grad_worst": worst}
+    results = [_logits_and_grads(model, run, x) for run in (model, torch.compile(model, dynamic=False))]
+    return {**_agreement(variant, scan, *results), "compiled": True}
+
+
+def _print_check(r: dict, what: str = "") -> None:
+    ok = r["logits_rel_err"] < 1e-4 and r["grad_rel_err_max"] < 1e-4
+    print(f"check {r['variant']:5s} {r['scan']}{what}: logits {r['logits_rel_err']:.1e}, worst gradient "
+          f"{r['grad_rel_err_max']:.1e} ({r['grad_worst']}) {'ok' if ok else 'FAIL'}", flush=True)
 
 
 def _timed(step, batch, device, warmup, runs, reset_peak=False) -> tuple[float, float | None]:
@@ -221,16 +230,12 @@ def main(argv=None):
                 for s in args.scans:
                     r = check_kernel(v, s, device)
                     report["checks"].append(r)
-                    ok = r["logits_rel_err"] < 1e-4 and r["grad_rel_err_max"] < 1e-4
-                    print(f"check {v:5s} {s}: logits {r['logits_rel_err']:.1e}, worst gradient "
-                          f"{r['grad_rel_err_max']:.1e} ({r['grad_worst']}) {'ok' if ok else 'FAIL'}", flush=True)
+                    _print_check(r)
             save()
     if not args.skip_check and any(m != "eager" for m in args.modes):  # the compiled graph, once
         r = check_compiled(args.variants[0], args.scans[0], device)
         report["checks"].append(r)
-        ok = r["logits_rel_err"] < 1e-4 and r["grad_rel_err_max"] < 1e-4
-        print(f"check {r['variant']:5s} {r['scan']} compiled vs eager: logits {r['logits_rel_err']:.1e}, worst "
-              f"gradient {r['grad_rel_err_max']:.1e} ({r['grad_worst']}) {'ok' if ok else 'FAIL'}", flush=True)
+        _print_check(r, " compiled vs eager")
         save()
 
     warmup, runs = (2, 5) if args.quick else (5, 20)

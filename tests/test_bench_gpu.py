@@ -43,3 +43,17 @@ def test_compiled_mode_checks_the_compiled_model_first(tmp_path):
                              "--budget", "0"])
     (check,) = report["checks"]
     assert check["compiled"] and check["logits_rel_err"] < 1e-4 and check["grad_rel_err_max"] < 1e-4
+
+
+def test_kernel_check_through_the_cpu_stand_in(monkeypatch, capsys):
+    # the GPU run's first check, with the kernel's CPU stand-in behind the mamba_ssm backend
+    import mamba_ext_stand_in
+    import evmamba.scan as scan_module
+    from evmamba.scan import cuda
+    monkeypatch.setattr(cuda, "extension", lambda: mamba_ext_stand_in)
+    monkeypatch.setitem(scan_module._IMPLEMENTATIONS, "mamba_ssm", cuda.run_kernel)
+    r = bench_gpu.check_kernel("tiny", "es2d", "cpu")
+    assert r["logits_rel_err"] < 1e-4 and r["grad_rel_err_max"] < 1e-4
+    bench_gpu._print_check(r)
+    line = capsys.readouterr().out
+    assert line.startswith("check tiny  es2d: logits ") and line.endswith(" ok\n")

@@ -57,22 +57,23 @@ def routes_kept(target, masks):
             m.keep_routes = keep
 
 
+def _route_k_set_to(k: int, value: float):
+    """The mask maker for routes_kept: route k gets `value`, every other route 1 - value."""
+    def mask(m):
+        out = torch.full((m.num_routes,), 1.0 - value)
+        out[_check_route(m, k)] = value
+        return out
+    return mask
+
+
 def keep_only_route(target, k: int):
     """Context: the mixers in `target` merge only route k's scan output (route k alone)."""
-    def mask(m):
-        out = torch.zeros(m.num_routes)
-        out[_check_route(m, k)] = 1.0
-        return out
-    return routes_kept(target, mask)
+    return routes_kept(target, _route_k_set_to(k, 1.0))
 
 
 def drop_route(target, k: int):
     """Context: the mixers in `target` merge every route's scan output except route k's."""
-    def mask(m):
-        out = torch.ones(m.num_routes)
-        out[_check_route(m, k)] = 0.0
-        return out
-    return routes_kept(target, mask)
+    return routes_kept(target, _route_k_set_to(k, 0.0))
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ import warnings
 import torch
 
 from .common import check_inputs
-from .cuda import kernel, selective_scan_mamba_ssm
+from .cuda import extension, selective_scan_mamba_ssm
 from .reference import selective_scan_reference
 from .torch_scan import selective_scan_torch
 
@@ -60,7 +60,7 @@ def resolve_backend(backend: str, device: torch.device | str = "cpu", dtype: tor
         chosen = "torch"
         _announce(("f64", str(device)), "selective scan: mamba-ssm's kernel has no float64; using the torch "
                   "backend for float64 tensors", warn=True)
-    elif kernel() is None:
+    elif extension() is None:
         chosen = "torch"
         _announce(("nokernel", str(device)), "selective scan: mamba-ssm is not installed, so the GPU runs the "
                   "slower torch backend; `pip install -r requirements-gpu.txt` gives the CUDA kernel", warn=True)
@@ -73,7 +73,7 @@ def resolve_backend(backend: str, device: torch.device | str = "cpu", dtype: tor
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
     """Backends that can run on `device` in this environment (besides "auto")."""
     out = ["reference", "torch"]
-    if torch.device(device).type == "cuda" and kernel() is not None:
+    if torch.device(device).type == "cuda" and extension() is not None:
         out.append("mamba_ssm")
     return out
 

@@ -13,8 +13,9 @@ No product of decays is ever formed (each factor is exp of a non-positive number
 >= 0), so nothing overflows or underflows into NaN however long the sequence or large delta·|A|.
 """
 import torch
+import torch.nn.functional as F
 
-from .common import prepare
+from .common import compute_dtype
 
 STATE_ELEMENTS_PER_CHUNK = 1 << 18  # T·batch·channels·N per chunk: about 1 MB of float32 per tensor
 
@@ -44,10 +45,14 @@ def _decay_and_drive(dt_c, u_c, A, B_c, decay, drive):
 # the state entering each chunk, (chunks, b, G, d, N), which the backward needs. (Registered with
 # torch.library.define/impl rather than custom_op, whose wrapper loads torch._dynamo on the first call:
 # a second and 70 MB that eager users do not need.)
+# Compiled code hands both operators contiguous (dense time-major) inputs (the tag): asking inductor to keep
+# the traced stride order instead fails for a symbolic batch size (it cannot order b·C against C).
+_CONTIGUOUS = (torch.Tag.needs_contiguous_strides,)
 torch.library.define("evmamba::torch_scan", "(Tensor u, Tensor dt, Tensor A, Tensor B, Tensor C, int chunk) "
-                     "-> (Tensor, Tensor)")
+                     "-> (Tensor, Tensor)", tags=_CONTIGUOUS)
 torch.library.define("evmamba::torch_scan_backward", "(Tensor u, Tensor dt, Tensor A, Tensor B, Tensor C, "
-                     "Tensor starts, Tensor gy, int chunk) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
+                     "Tensor starts, Tensor gy, int chunk) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+                     tags=_CONTIGUOUS)
 
 
 @torch.library.impl("evmamba::torch_scan", "CompositeExplicitAutograd")
@@ -135,21 +140,33 @@ scan_core_backward = torch.ops.evmamba.torch_scan_backward
 
 def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):
     out_dtype = u.dtype
-    u, delta, A, B, C = prepare(u, delta, A, B, C, delta_bias, delta_softplus)
+    ct = compute_dtype(u.dtype)
     batch, channels, length = u.shape
-    groups, n = B.shape[1], A.shape[1]
+    groups, n = (B.shape[1] if B.dim() == 4 else 1), A.shape[1]
     d = channels // groups
+    compiling = torch.compiler.is_compiling()
 
-    def time_major(t):  # (batch, channels, L) -> (L, batch, groups, d)
-        t = t.permute(2, 0, 1).reshape(length, batch, groups, d)
-        # compiled code hands the operator dense time-major inputs: inductor cannot order the strides of the
-        # route-major views when the batch size is symbolic (dynamic shapes)
-        return t.contiguous() if torch.compiler.is_compiling() else t
+    def time_major(t):  # (batch, channels, L) -> (L, batch, groups, d): a view, eagerly
+        t = t.to(ct).permute(2, 0, 1).reshape(length, batch, groups, d)
+        # Compiled code copies it to dense memory: then the operator's inputs, the tensors it saves for
+        # backward and the gradients flowing back are plain dense tensors, never views of the mixer's
+        # route-major tokens, whose strides inductor cannot order for a symbolic batch size, and on which
+        # the compiler's and eager's stride rules for softplus_backward disagree (the input's layout against
+        # the gradient's), so that views of the gradient taken on the compiler's word read wrong elements.
+        return t.contiguous() if compiling else t
 
+    def groups_last(t):  # B, C: (batch, groups, N, L) or (batch, N, L) -> (L, batch, groups, N)
+        t = t.to(ct)
+        return (t.unsqueeze(1) if t.dim() == 3 else t).permute(3, 0, 1, 2).contiguous()
+
+    dt = time_major(delta)  # delta's bias and softplus in the scan's own layout (mamba-ssm's semantics)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(ct).view(groups, d)
+    if delta_softplus:
+        dt = F.softplus(dt)
     chunk = chunk_length(length, batch * channels * n)
-    y, _ = scan_core(time_major(u), time_major(delta), A.reshape(groups, d, n),
-                     B.permute(3, 0, 1, 2).contiguous(), C.permute(3, 0, 1, 2).contiguous(), chunk)
+    y, _ = scan_core(time_major(u), dt, A.to(ct).reshape(groups, d, n), groups_last(B), groups_last(C), chunk)
     y = y.reshape(length, batch, channels).permute(1, 2, 0)
     if D is not None:
-        y = y + u * D.to(u)[:, None]
+        y = y + u.to(ct) * D.to(ct)[:, None]
     return y.to(out_dtype)

@@ -34,7 +34,8 @@ from evmamba.checkpoint import CheckpointError, CheckpointMismatchError, describ
 
 log = logging.getLogger("evmamba.app")
 
-SETTINGS = {"device": "cpu", "checkpoint": "", "variant": "tiny", "ablations": ""}  # set from the command line in main()
+# set from the command line in main()
+SETTINGS = {"device": "cpu", "checkpoint": "", "variant": "tiny", "ablations": ""}
 UPLOAD = "(uploaded file)"
 MAX_GRID = 128
 MAX_STEP = 8
@@ -59,7 +60,8 @@ def shows_errors(fn):
         except (ValueError, TypeError, CheckpointError, FileNotFoundError, IndexError) as e:
             raise gr.Error(str(e), print_exception=False) from None
         except torch.OutOfMemoryError:
-            raise gr.Error("out of memory: choose a smaller model, grid or fewer images", print_exception=False)
+            raise gr.Error("out of memory: choose a smaller model, grid or fewer images",
+                           print_exception=False) from None
         except Exception as e:  # noqa: BLE001 - the server must answer the next request
             log.error("unexpected error in %s:\n%s", fn.__name__, traceback.format_exc())
             raise gr.Error(f"{type(e).__name__}: {e}. The server is still running: try other settings.",
@@ -426,7 +428,8 @@ def build_demo() -> gr.Blocks:
                 e_in = model_inputs + [e_level, e_stage, e_block, e_row, e_col, e_inputs, e_count]
                 e_out = [e_fig, e_table, e_info, e_picker, e_shape]
                 e_go.click(erf_view, e_in, e_out, api_name="erf", **ONE_MODEL_AT_A_TIME)
-                e_more.click(lambda: 8, None, e_count).then(erf_view, e_in, e_out, api_name=False, **ONE_MODEL_AT_A_TIME)
+                e_more.click(lambda: 8, None, e_count).then(erf_view, e_in, e_out, api_name=False,
+                                                            **ONE_MODEL_AT_A_TIME)
                 e_picker.select(pick_position, e_shape, [e_row, e_col]).then(erf_view, e_in, e_out, api_name=False,
                                                                              **ONE_MODEL_AT_A_TIME)
 

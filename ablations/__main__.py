@@ -36,7 +36,8 @@ def _pipeline_parser(sub, name, help_text):
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
                    help=f"where finished items and training runs are kept (default: {DEFAULT_CACHE})")
     p.add_argument("--force", action="store_true", help="recompute everything, ignoring the cache")
-    p.add_argument("--jobs", type=int, default=None, help="worker processes (default: one per CPU core, at most 8; 1 on a GPU)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="worker processes (default: one per CPU core, at most 8; 1 on a GPU)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-train", action="store_true", help="skip training runs (accuracy from the cache only)")
     p.add_argument("--no-bar", action="store_true", help="no progress bars")

@@ -9,9 +9,10 @@
 from __future__ import annotations
 
 import itertools
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 from evmamba.model import STAGE_LAYOUTS, VARIANTS
 
@@ -26,7 +27,8 @@ FILTERS = ("train", "speed", "memory", "erf")
 MODE_KEYS = {
     "tasks": list, "train": dict, "seeds": list, "image_size": int, "train_images": int, "test_images": int,
     "steps": int, "batch_size": int, "lr": float, "min_lr": float, "warmup_steps": int, "weight_decay": float,
-    "label_smoothing": float, "ema_decay": float, "bn_batches": int, "speed": dict, "speed_size": int, "speed_batch": int,
+    "label_smoothing": float, "ema_decay": float, "bn_batches": int, "speed": dict, "speed_size": int,
+    "speed_batch": int,
     "speed_repeats": int, "memory": dict, "memory_batch": int, "erf": dict, "erf_stage": int, "erf_size": int,
     "erf_inputs": int, "scaling_sizes": list, "scaling_batch": int, "scaling_repeats": int,
     "trained_erf_inputs": int,
@@ -162,7 +164,8 @@ def _check_mode(name: str, settings: dict) -> Mode:
     unknown = [k for k in settings if k not in MODE_KEYS]
     if missing or unknown:
         raise ValueError(f"[{name}]: " + "; ".join(
-            ([f"missing {', '.join(missing)}"] if missing else []) + ([f"unknown {', '.join(unknown)}"] if unknown else [])))
+            ([f"missing {', '.join(missing)}"] if missing else [])
+            + ([f"unknown {', '.join(unknown)}"] if unknown else [])))
     for key, kind in MODE_KEYS.items():
         v = settings[key]
         ok = isinstance(v, (int, float)) and not isinstance(v, bool) if kind is float else \

@@ -45,7 +45,8 @@ class TaskDataset(Dataset):
         return x, torch.tensor(labels)
 
     def describe(self) -> str:
-        return f"task {self.name} ({self.info.kind}), images {self.start}..{self.start + self.count - 1} of seed {self.seed}"
+        last = self.start + self.count - 1
+        return f"task {self.name} ({self.info.kind}), images {self.start}..{last} of seed {self.seed}"
 
 
 class ImageFolder(Dataset):

@@ -27,8 +27,17 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .config import Mode, Row, load_grid, load_paper_numbers
-from .store import (ResultStore, atomic_path, atomic_write_text, config_hash, device_description, file_digest,
-                    git_revision, package_versions, save_figure)
+from .store import (
+    ResultStore,
+    atomic_path,
+    atomic_write_text,
+    config_hash,
+    device_description,
+    file_digest,
+    git_revision,
+    package_versions,
+    save_figure,
+)
 from .tasks import TASKS
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "evmamba" / "ablations"
@@ -294,7 +303,7 @@ class Pipeline:
                     item = futures[f]
                     try:
                         finish(item, f.result())
-                    except Exception as e:  # noqa: BLE001
+                    except Exception as e:  # noqa: BLE001 - reported with the item's name
                         detail = "".join(traceback.format_exception_only(type(e), e)).strip()
                         finish(item, None, detail)
         bar.close()
@@ -364,9 +373,11 @@ class Pipeline:
             note = self._caption()
             self._artifact(f"tables/{name}.csv", "table", key, lambda p, df=df: _write(p, T.to_csv(df)), seeds, shows)
             self._artifact(f"tables/{name}.md", "table", key,
-                           lambda p, df=df, c=caption: _write(p, T.to_markdown(df, f"**{c}**\n\n{note}")), seeds, shows)
+                           lambda p, df=df, c=caption, n=note: _write(p, T.to_markdown(df, f"**{c}**\n\n{n}")),
+                           seeds, shows)
             self._artifact(f"tables/{name}.tex", "table", key,
-                           lambda p, df=df, c=caption, n=name: _write(p, T.to_latex(df, f"{c} {note}", f"tab:{n}")),
+                           lambda p, df=df, c=caption, n=name, t=note:
+                           _write(p, T.to_latex(df, f"{c} {t}", f"tab:{n}")),
                            seeds, shows)
             self.tables[name] = (df, caption)
 
@@ -517,7 +528,7 @@ class Pipeline:
         for a in self.artifacts:
             if a.kind == "figure" and a.format == "png":
                 lines += [f"## {a.shows or a.path}", "", f"![{a.shows}]({a.path})", ""]
-        for name, (df, caption) in getattr(self, "tables", {}).items():
+        for name in getattr(self, "tables", {}):
             lines += [f"## Table: {name}", "", (self.o.out / f"tables/{name}.md").read_text(), ""]
         _write(self.o.out / "index.md", "\n".join(lines))
 

@@ -102,14 +102,17 @@ def ablation_table(table: Table, results: dict, mode: Mode, paper: dict) -> pd.D
         rec["params (M)"] = f"{cost['params'] / 1e6:.2f}" if cost else missing("cost")
         rec["FLOPs (G, 224²)"] = f"{cost['flops'] / 1e9:.3f}" if cost else missing("cost")
         sp = results["speed"].get(key)
-        rec[f"throughput (img/s, {device}, batch {sb}, {size}²)"] = f"{sp['throughput']:.1f}" if sp else missing("speed")
+        throughput = f"{sp['throughput']:.1f}" if sp else missing("speed")
+        rec[f"throughput (img/s, {device}, batch {sb}, {size}²)"] = throughput
         rec[f"latency (ms, {device}, batch 1, {size}²)"] = f"{sp['latency_ms']:.0f}" if sp else missing("speed")
         if on_gpu:
-            rec["throughput bf16 (img/s)"] = f"{sp['throughput_bf16']:.1f}" if sp and "throughput_bf16" in sp else missing("speed")
+            bf16 = sp and "throughput_bf16" in sp
+            rec["throughput bf16 (img/s)"] = f"{sp['throughput_bf16']:.1f}" if bf16 else missing("speed")
         else:
             rec["throughput bf16 (img/s)"] = NOT_ON_DEVICE
         mem = results["memory"].get(key)
-        rec[f"train-step memory (MiB, batch {mb}, {size}²)"] = f"{mem['bytes'] / 2**20:.0f}" if mem else missing("memory")
+        memory = f"{mem['bytes'] / 2**20:.0f}" if mem else missing("memory")
+        rec[f"train-step memory (MiB, batch {mb}, {size}²)"] = memory
         erf = results["erf"].get(key)
         for t in ERF_TABLE_THRESHOLDS:
             rec[f"ERF area at {t}, init (%)"] = f"{100 * erf['all'][t]:.2f}" if erf else missing("erf")

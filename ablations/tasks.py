@@ -61,7 +61,8 @@ TASKS = {
                         "do two coloured squares, one in the left and one in the right third, have the same colour"),
     "texture+markers": TaskInfo("texture+markers", "local and global", (len(ORIENTATIONS), 2),
                                 ("orientation", "match"), (_ORIENTATION_NAMES, ("different", "same")),
-                                "a grating in the middle third between the two markers: its orientation, and whether the markers match"),
+                                "a grating in the middle third between the two markers: its orientation, and "
+                                "whether the markers match"),
 }
 # Which task and label head measures which ability (the tables' accuracy columns).
 HEAD_ABILITY = {"orientation": "local", "match": "global"}

@@ -80,7 +80,7 @@ class TrainConfig:
     save_every: int = 0  # 0: only at the end
     eval_batch_size: int = 128
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         from evmamba.model import ModelConfig
         ModelConfig(variant=self.variant, scan=self.scan, step=self.step, conv_branch=self.conv_branch, se=self.se,
                     stages=self.stages, drop_path=self.drop_path, backend=self.backend).validate()

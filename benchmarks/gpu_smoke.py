@@ -93,8 +93,9 @@ def attribution_check(device):
 
 @check("browser demo: every named endpoint with its defaults")
 def app_check(device):
-    import app
     from gradio_client import Client
+
+    import app
     app.configure(app.parse_args(["--device", device]))
     demo = app.build_demo()
     demo.queue(default_concurrency_limit=2)

@@ -11,8 +11,15 @@
     fast = torch.compile(model)                            # then one graph around the kernel
     model.set_scan_precision("autocast")                   # bf16 scan inputs under autocast (default float32)
 """
-from .checkpoint import (CheckpointError, CheckpointMismatchError, describe_checkpoint, load_checkpoint,
-                         model_from_checkpoint, read_checkpoint, save_checkpoint)
+from .checkpoint import (
+    CheckpointError,
+    CheckpointMismatchError,
+    describe_checkpoint,
+    load_checkpoint,
+    model_from_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from .imagenet import IMAGENET_MEAN, IMAGENET_STD, class_names, preprocess
 from .model import PRETRAINED, STAGE_LAYOUTS, VARIANTS, EfficientVMamba, ModelConfig, build_model, count_parameters
 from .routes import SCANS, ScanRoutes, scan_routes

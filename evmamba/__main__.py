@@ -31,7 +31,7 @@ def load_image(path: str | None):
     try:
         return Image.open(path), path
     except (FileNotFoundError, UnidentifiedImageError, IsADirectoryError) as e:
-        raise SystemExit(f"cannot read the image {path!r} ({e.__class__.__name__}): pass a PNG or JPEG file")
+        raise SystemExit(f"cannot read the image {path!r} ({e.__class__.__name__}): pass a PNG or JPEG file") from None
 
 
 def main(argv=None) -> int:

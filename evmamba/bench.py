@@ -44,7 +44,8 @@ def scan_inputs(length, batch=1, routes=4, d=96, n=16, dtype=torch.float32, seed
     ch = routes * d
     return dict(u=torch.randn(batch, ch, length, generator=g), delta=0.5 * torch.randn(batch, ch, length, generator=g),
                 A=-torch.exp(torch.log(torch.arange(1, n + 1.0)).expand(ch, n) + 0.1 * torch.randn(ch, n, generator=g)),
-                B=torch.randn(batch, routes, n, length, generator=g), C=torch.randn(batch, routes, n, length, generator=g),
+                B=torch.randn(batch, routes, n, length, generator=g),
+                C=torch.randn(batch, routes, n, length, generator=g),
                 D=torch.ones(ch), delta_bias=-4 + 0.5 * torch.randn(ch, generator=g))
 
 

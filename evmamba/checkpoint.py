@@ -102,7 +102,7 @@ def _read_file(path: Path) -> tuple[object, dict | None]:
         return obj, config
     try:
         obj = _torch_load(path)
-    except Exception as e:  # corrupt zip, truncated pickle, a text file, ...
+    except Exception as e:  # noqa: BLE001 - a corrupt zip, a truncated pickle, a text file: each becomes one message
         text = str(e).strip().splitlines()[0] if str(e).strip() else ""
         detail = f"{type(e).__name__}: {text[:160]}" if len(text) > 8 else "neither a zip archive nor a pickle"
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({detail}); the file may be "

@@ -20,6 +20,7 @@ network that drops between the listing and the download can make huggingface_hub
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 import re
@@ -232,11 +233,9 @@ def resolve(source: str, *, cache_dir=None, timeout: float | None = None, progre
     timeout: seconds allowed for each Hub request (default: TIMEOUT, else HF_HUB_ETAG_TIMEOUT).
     progress: optional callable(fraction, message) called while the file downloads."""
     name = parse_hub_name(source)
-    try:
-        import huggingface_hub  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("huggingface_hub") is None:
         raise CheckpointError(f"reading {name} needs the huggingface_hub package: pip install huggingface_hub, "
-                              "or download the file and pass its path") from None
+                              "or download the file and pass its path")
     cache_dir = str(cache_dir) if cache_dir is not None else os.environ.get("HF_HUB_CACHE") or None
     endpoint = os.environ.get("HF_ENDPOINT") or None
     timeout = float(timeout if timeout is not None else TIMEOUT if TIMEOUT is not None else _default_timeout())

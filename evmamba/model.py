@@ -57,7 +57,7 @@ class ModelConfig:
     def depths(self):
         return VARIANTS[self.variant]["depths"]
 
-    def validate(self) -> "ModelConfig":
+    def validate(self) -> ModelConfig:
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown variant {self.variant!r}: valid variants are {', '.join(VARIANTS)}")
         check_scan(self.scan, self.step)
@@ -124,7 +124,7 @@ class EfficientVMamba(nn.Module):
         from .mixer import SelectiveScan2D
         return [(n, m) for n, m in self.named_modules() if isinstance(m, SelectiveScan2D)]
 
-    def set_scan_backend(self, backend: str) -> "EfficientVMamba":
+    def set_scan_backend(self, backend: str) -> EfficientVMamba:
         """Use `backend` (auto, reference, torch, mamba_ssm) for every selective scan in the model."""
         check_backend(backend)
         for _, m in self.mixers():
@@ -132,7 +132,7 @@ class EfficientVMamba(nn.Module):
         self.config = dataclasses.replace(self.config, backend=backend)
         return self
 
-    def set_scan_precision(self, precision: str) -> "EfficientVMamba":
+    def set_scan_precision(self, precision: str) -> EfficientVMamba:
         """"float32" (default, as the authors): the selective scans' inputs are cast to float32 under
         autocast. "autocast": they stay in the autocast dtype (bfloat16/float16), halving the scans'
         memory traffic and saved activations; the scan still computes in float32."""

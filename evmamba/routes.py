@@ -69,7 +69,8 @@ class ScanRoutes:
                 i, j = k % p, k // p
                 sub = grid[i::p, j::p]
                 order = "row" if k % 2 == 0 else "col"
-                routes.append(Route(f"sub-map ({i},{j}) {'row' if order == 'row' else 'column'}-major", order, False, (i, j)))
+                name = f"sub-map ({i},{j}) {'row' if order == 'row' else 'column'}-major"
+                routes.append(Route(name, order, False, (i, j)))
                 index.append(sub.flatten() if order == "row" else sub.t().flatten())
             self.routes = tuple(routes)
             index = torch.stack(index)
@@ -117,7 +118,8 @@ class ScanRoutes:
 
     def reads(self) -> torch.Tensor:
         """(Hp, Wp) map: how many routes read each position (1 everywhere for ES2D, 4 for SS2D)."""
-        return torch.bincount(self.index.flatten(), minlength=self.padded_height * self.padded_width).view(self.padded_shape)
+        cells = self.padded_height * self.padded_width
+        return torch.bincount(self.index.flatten(), minlength=cells).view(self.padded_shape)
 
     def route_map(self) -> torch.Tensor:
         """(Hp, Wp) map: the route that reads each position. Only defined when every position has one

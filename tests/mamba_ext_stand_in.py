@@ -17,8 +17,13 @@ def _core_inputs(u, delta, A, B, C, delta_bias, delta_softplus):
     d = channels // groups
     pre = delta.float() + delta_bias[:, None]
     dt = F.softplus(pre) if delta_softplus else pre
-    tm = lambda t: t.float().permute(2, 0, 1).reshape(length, batch, groups, d)  # noqa: E731
-    bc = lambda t: t.float().permute(3, 0, 1, 2).contiguous()  # noqa: E731
+
+    def tm(t):  # time-major (L, batch, groups, d)
+        return t.float().permute(2, 0, 1).reshape(length, batch, groups, d)
+
+    def bc(t):  # (L, batch, groups, N)
+        return t.float().permute(3, 0, 1, 2).contiguous()
+
     return pre, (tm(u), tm(dt), A.reshape(groups, d, n), bc(B), bc(C), chunk_length(length, batch * channels * n))
 
 

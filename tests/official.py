@@ -51,7 +51,9 @@ def cross_merge(y, scan, size):
     b, K, d, L = y.shape
     H, W = size
     if scan == "ss2d":
-        col = lambda t: t.view(b, d, W, H).transpose(2, 3).reshape(b, d, H * W)  # noqa: E731
+        def col(t):  # a column-major route's outputs back to row-major positions
+            return t.view(b, d, W, H).transpose(2, 3).reshape(b, d, H * W)
+
         out = y[:, 0] + y[:, 2].flip(-1) + col(y[:, 1]) + col(y[:, 3].flip(-1))
         return out.view(b, d, H, W)
     Hs, Ws = (H + 1) // 2, (W + 1) // 2

@@ -45,8 +45,8 @@ def test_two_processes_end_with_identical_weights(tmp_path):
     assert ranks[0]["test"] == ranks[1]["test"] and ranks[0]["test"]["images"] == 16  # the whole test set, shared
     saved = torch.load(tmp_path / "run" / "final.pth", weights_only=True)["model"]
 
-    from ablations.train import weights_digest
     import evmamba
+    from ablations.train import weights_digest
     model = evmamba.build_model("tiny", num_classes=6)
     model.load_state_dict(saved)
     assert weights_digest(model) == ranks[0]["digest"]  # what rank 0 wrote is what both hold

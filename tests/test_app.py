@@ -8,9 +8,8 @@ import torch
 from PIL import Image
 
 gradio_client = pytest.importorskip("gradio_client")
-from gradio_client import Client, handle_file  # noqa: E402
-
-from gradio_client.exceptions import AppError  # noqa: E402
+Client, handle_file = gradio_client.Client, gradio_client.handle_file
+AppError = pytest.importorskip("gradio_client.exceptions").AppError
 
 
 @pytest.fixture(scope="module")

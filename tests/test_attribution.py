@@ -5,8 +5,14 @@ import torch
 from matplotlib.figure import Figure
 
 from evmamba import build_model
-from evmamba.analysis.attribution import (ATTRIBUTION_METHODS, RANDOM_NOTE, attributions, image_input, predict,
-                                          route_contributions)
+from evmamba.analysis.attribution import (
+    ATTRIBUTION_METHODS,
+    RANDOM_NOTE,
+    attributions,
+    image_input,
+    predict,
+    route_contributions,
+)
 from evmamba.analysis.attribution_figures import attribution_figure, prediction_figure, route_contribution_figure
 from evmamba.analysis.erf import seeded_model
 from evmamba.imagenet import class_names

@@ -39,21 +39,27 @@ def test_table_gives_ratios_to_the_authors():
 
 
 def test_compiled_mode_checks_the_compiled_model_first(tmp_path):
+    # the same graphs as inductor's, forward and backward, without its code generation (one inductor run
+    # of the model is in test_scan_ops)
     report = bench_gpu.main(["--device", "cpu", "--variants", "tiny", "--scans", "es2d", "--modes", "compiled",
-                             "--budget", "0"])
+                             "--budget", "0", "--check-compiler", "aot_eager"])
     (check,) = report["checks"]
-    assert check["compiled"] and check["logits_rel_err"] < 1e-4 and check["grad_rel_err_max"] < 1e-4
+    assert check["compiled"] and bench_gpu.check_passed(check)
 
 
 def test_kernel_check_through_the_cpu_stand_in(monkeypatch, capsys):
     # the GPU run's first check, with the kernel's CPU stand-in behind the mamba_ssm backend
     import mamba_ext_stand_in
+
     import evmamba.scan as scan_module
     from evmamba.scan import cuda
     monkeypatch.setattr(cuda, "extension", lambda: mamba_ext_stand_in)
     monkeypatch.setitem(scan_module._IMPLEMENTATIONS, "mamba_ssm", cuda.run_kernel)
     r = bench_gpu.check_kernel("tiny", "es2d", "cpu")
-    assert r["logits_rel_err"] < 1e-4 and r["grad_rel_err_max"] < 1e-4
+    # the model trains here (BatchNorm on batch statistics), so the conv branch's first bias, just before a
+    # BatchNorm, has a gradient that is zero by construction (its rounding noise differs between backends
+    # by 30% of itself): measured on the scale of the largest gradient, it passes
+    assert bench_gpu.check_passed(r)
     bench_gpu._print_check(r)
     line = capsys.readouterr().out
     assert line.startswith("check tiny  es2d: logits ") and line.endswith(" ok\n")

@@ -12,7 +12,8 @@ if os.environ.get("EVMAMBA_REQUIRE_BROWSER") != "1":
     pytest.importorskip("playwright.sync_api")
     if CHROMIUM is None:
         pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
-from playwright.sync_api import expect, sync_playwright  # noqa: E402
+playwright_api = pytest.importorskip("playwright.sync_api")
+expect, sync_playwright = playwright_api.expect, playwright_api.sync_playwright
 
 TIMEOUT = 240_000  # ms: computations run on a 2-core CPU
 

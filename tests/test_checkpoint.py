@@ -5,8 +5,15 @@ import types
 import pytest
 import torch
 
-from evmamba import (CheckpointError, CheckpointMismatchError, build_model, describe_checkpoint, load_checkpoint,
-                     model_from_checkpoint, read_checkpoint)
+from evmamba import (
+    CheckpointError,
+    CheckpointMismatchError,
+    build_model,
+    describe_checkpoint,
+    load_checkpoint,
+    model_from_checkpoint,
+    read_checkpoint,
+)
 
 X = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 

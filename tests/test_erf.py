@@ -8,9 +8,19 @@ from hypothesis import strategies as st
 from matplotlib.figure import Figure
 
 from evmamba import build_model, scan_routes
-from evmamba.analysis.erf import (THRESHOLDS, NetworkToStage, area_ratios, block_erf, effective_receptive_fields,
-                                  high_contribution_square, input_gradients, mixer_erf, network_erf, normalise,
-                                  seeded_model)
+from evmamba.analysis.erf import (
+    THRESHOLDS,
+    NetworkToStage,
+    area_ratios,
+    block_erf,
+    effective_receptive_fields,
+    high_contribution_square,
+    input_gradients,
+    mixer_erf,
+    network_erf,
+    normalise,
+    seeded_model,
+)
 from evmamba.analysis.erf_figures import area_ratio_figure, erf_figure
 from evmamba.analysis.interventions import keep_only_route, scan_replaced_by_identity
 from evmamba.blocks import EVSSBlock
@@ -338,12 +348,12 @@ def test_erf_figure_names_routes_and_marks_positions():
     for k in range(4):
         assert r.routes[k].route_name in titles[k + 1]
     for ax, e in zip(panels, r.all()):
-        (marker,) = [l for l in ax.lines if l.get_gid() == "position"]
+        (marker,) = [line for line in ax.lines if line.get_gid() == "position"]
         assert (marker.get_ydata()[0], marker.get_xdata()[0]) == e.position
         assert "area ratio" in ax.get_xlabel() and f"at {e.position}" in ax.get_xlabel()
     # route 1's position moved to its sub-map: the requested one is drawn too
     assert "asked (4, 4)" in panels[2].get_xlabel()
-    assert any(l.get_gid() == "requested" for l in panels[2].lines)
+    assert any(line.get_gid() == "requested" for line in panels[2].lines)
     two = erf_figure({"ES2D": r, "SS2D": mixer_erf(_mixer("ss2d"), _features(1, 8, 8, 8), bar=False)},
                      normalisation="log")
     assert len([ax for ax in two.axes if ax.get_visible() and ax.images]) == 10

@@ -7,8 +7,15 @@ from matplotlib.figure import Figure
 
 from evmamba import selective_scan
 from evmamba.analysis.erf import seeded_model
-from evmamba.analysis.hidden_attention import (SAFE_EXPONENT, conv_activations, hidden_attention, implicit_attention,
-                                               implicit_attention_reference, model_hidden_attention, route_ssm)
+from evmamba.analysis.hidden_attention import (
+    SAFE_EXPONENT,
+    conv_activations,
+    hidden_attention,
+    implicit_attention,
+    implicit_attention_reference,
+    model_hidden_attention,
+    route_ssm,
+)
 from evmamba.analysis.hidden_attention_figures import attention_row_figure, hidden_attention_figure
 from evmamba.mixer import SelectiveScan2D
 
@@ -186,7 +193,7 @@ def test_figures(tiny):
     panels = [ax for ax in row.axes if ax.get_visible() and ax.images]
     assert len(panels) == 4
     for ax, a in zip(panels, atts):
-        (q,) = [l for l in ax.lines if l.get_gid() == "query"]
+        (q,) = [line for line in ax.lines if line.get_gid() == "query"]
         assert (q.get_ydata()[0], q.get_xdata()[0]) == a.row_map(8, 8)[1]
         assert a.route_name in ax.get_title()
     with pytest.raises(ValueError, match=r"query must be \(row, col\)"):

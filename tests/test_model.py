@@ -3,10 +3,10 @@ import itertools
 
 import pytest
 import torch
+from parity_weights import read_manifest
 
 from evmamba import STAGE_LAYOUTS, build_model, count_parameters
 from evmamba.blocks import DropPath, EVSSBlock, InvertedResidual
-from parity_weights import read_manifest
 
 
 @pytest.mark.parametrize("variant,count", [("tiny", 6_493_660), ("small", 11_273_688), ("base", 33_717_136)])

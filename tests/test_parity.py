@@ -1,10 +1,10 @@
 """Logits against the authors' model: the parity case computed with their code, and a literal second
 reading of their forward pass (tests/official.py) for SS2D and for odd stage sizes."""
+import official
 import pytest
 import torch
-
-import official
 from conftest import rel_err
+
 from evmamba import build_model, load_checkpoint
 
 

@@ -19,10 +19,8 @@ import torch
 from PIL import Image
 
 import evmamba
-from evmamba import CheckpointError, build_model, load_checkpoint, read_checkpoint
-from evmamba import hub
-from evmamba.imagenet import (IMAGENET_MEAN, IMAGENET_STD, class_descriptions, class_names, preprocess, synset_ids,
-                              top_k)
+from evmamba import CheckpointError, build_model, hub, load_checkpoint, read_checkpoint
+from evmamba.imagenet import IMAGENET_MEAN, IMAGENET_STD, class_descriptions, class_names, preprocess, synset_ids, top_k
 
 X = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -1,7 +1,8 @@
 """Scan routes: coverage, order, padding, and gather/scatter as exact inverses."""
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from evmamba import scan_routes
 from evmamba.routes import num_routes
@@ -50,7 +51,10 @@ def test_es2d_step2_is_the_authors_order():
     # 3x5 pads to 4x6; sub-maps (even,even) row-major, (odd,even) col-major, (even,odd) row, (odd,odd) col.
     r = scan_routes("es2d", 3, 5, 2)
     assert r.padded_shape == (4, 6)
-    pos = lambda k: [tuple(p) for p in r.positions(k).tolist()]  # noqa: E731
+
+    def pos(k):
+        return [tuple(p) for p in r.positions(k).tolist()]
+
     assert pos(0) == [(0, 0), (0, 2), (0, 4), (2, 0), (2, 2), (2, 4)]
     assert pos(1) == [(1, 0), (3, 0), (1, 2), (3, 2), (1, 4), (3, 4)]
     assert pos(2) == [(0, 1), (0, 3), (0, 5), (2, 1), (2, 3), (2, 5)]

@@ -3,8 +3,14 @@ half-written file when a save is interrupted."""
 import pytest
 import torch
 
-from evmamba import (build_model, describe_checkpoint, load_checkpoint, model_from_checkpoint, read_checkpoint,
-                     save_checkpoint)
+from evmamba import (
+    build_model,
+    describe_checkpoint,
+    load_checkpoint,
+    model_from_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 
 X = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
 
@@ -123,6 +129,7 @@ def test_interrupted_overwrite_keeps_the_previous_file(tmp_path, trained, expect
 
 def test_saved_files_get_the_usual_permissions(tmp_path):
     import os
+
     from evmamba import build_model, save_checkpoint
     mask = os.umask(0o022)
     try:

@@ -1,14 +1,17 @@
 """Selective-scan backends: the torch backend against the plain reference loop, gradients, errors."""
 import pytest
 import torch
-
 from conftest import rel_err
+
 from evmamba.scan import available_backends, resolve_backend, selective_scan
 
 
 def make(batch, k, d, n, length, grouped=True, dtype=torch.float32, seed=0, delta_scale=0.5, a_scale=2.0):
     g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+
+    def r(*s):
+        return torch.randn(*s, generator=g, dtype=dtype)
+
     ch = k * d
     bc = (batch, k, n, length) if grouped else (batch, n, length)
     return dict(u=r(batch, ch, length), delta=delta_scale * r(batch, ch, length),
@@ -68,7 +71,10 @@ def test_gradcheck_float64(backend, grouped):
     x = make(1, 2, 2, 3, 9, grouped=grouped, dtype=torch.float64)
     x = {k: v.requires_grad_() for k, v in x.items()}
     names = list(x)
-    fn = lambda *a: selective_scan(**dict(zip(names, a)), delta_softplus=True, backend=backend)  # noqa: E731
+
+    def fn(*a):
+        return selective_scan(**dict(zip(names, a)), delta_softplus=True, backend=backend)
+
     assert torch.autograd.gradcheck(fn, tuple(x.values()), eps=1e-6, atol=1e-7)
 
 

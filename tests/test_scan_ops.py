@@ -3,13 +3,13 @@ flow through them, and compiled code gives the eager results.
 
 The mamba-ssm kernel itself needs a GPU; here a CPU stand-in with the extension's contract
 (tests/mamba_ext_stand_in.py) sits behind the same operators, so their glue is tested on any machine."""
+import mamba_ext_stand_in
 import pytest
 import torch
-
-import mamba_ext_stand_in
 from conftest import rel_err
-from evmamba.scan import cuda, selective_scan
 from test_scan import make
+
+from evmamba.scan import cuda, selective_scan
 
 
 @pytest.fixture
@@ -87,7 +87,10 @@ def test_mamba_operator_takes_strided_batch_and_channels(stand_in):
 def test_compiled_scan_equals_eager():
     x = make(2, 4, 3, 5, 37)
     x = {k: v.requires_grad_() for k, v in x.items()}
-    fn = lambda **k: selective_scan(**k, delta_softplus=True, backend="torch")  # noqa: E731
+
+    def fn(**k):
+        return selective_scan(**k, delta_softplus=True, backend="torch")
+
     eager = fn(**x)
     geager = torch.autograd.grad(eager.square().sum(), list(x.values()))
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")(**x)
@@ -103,7 +106,10 @@ def test_compiled_kernel_operator_equals_eager(stand_in):
     x = make(2, 4, 3, 5, 37)
     x["u"] = x["u"].transpose(0, 1).contiguous().transpose(0, 1)
     x = {k: v.requires_grad_() for k, v in x.items()}
-    fn = lambda **k: cuda.run_kernel(**k, delta_softplus=True) * 2  # noqa: E731
+
+    def fn(**k):
+        return cuda.run_kernel(**k, delta_softplus=True) * 2
+
     eager = fn(**x)
     geager = torch.autograd.grad(eager.square().sum(), list(x.values()))
     compiled = torch.compile(fn, fullgraph=True)(**x)

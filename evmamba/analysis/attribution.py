@@ -71,7 +71,7 @@ def _check_model(model):
 # ---- top classes ------------------------------------------------------------------------------------------------
 @dataclass
 class Prediction:
-    classes: "object"  # DataFrame: rank, class, name, probability, logit
+    classes: object  # DataFrame: rank, class, name, probability, logit
     pretrained: bool
     note: str | None
     logits: torch.Tensor = field(repr=False)

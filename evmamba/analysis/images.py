@@ -177,6 +177,7 @@ def to_picture(x) -> np.ndarray:
     """An ImageNet-normalised image (3, H, W) or (1, 3, H, W) back as an (H, W, 3) float picture in [0, 1],
     for drawing under maps (undoes the normalisation only)."""
     import torch
+
     from ..imagenet import IMAGENET_MEAN, IMAGENET_STD
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()

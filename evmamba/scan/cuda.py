@@ -21,7 +21,7 @@ def extension():
     for this torch and CUDA) is missing."""
     try:
         import selective_scan_cuda
-    except Exception:  # ImportError, or an extension built for another torch/CUDA (undefined symbols)
+    except Exception:  # noqa: BLE001 - ImportError, or an extension built for another torch/CUDA (undefined symbols)
         return None
     return selective_scan_cuda
 
@@ -109,7 +109,10 @@ def run_kernel(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False)
     # The kernel reads u, delta, B, C in one dtype (fp32, fp16 or bf16) and computes in float32; A, D and
     # delta_bias are float32. A missing D or delta_bias is a zero one (the same result).
     dtype = u.dtype if u.dtype in (torch.float16, torch.bfloat16) else torch.float32
-    f32 = lambda t: (u.new_zeros(u.shape[1]) if t is None else t).to(torch.float32)  # noqa: E731
+
+    def f32(t):
+        return (u.new_zeros(u.shape[1]) if t is None else t).to(torch.float32)
+
     delta, B, C = (t.to(dtype) for t in (delta, B, C))
     if B.dim() == 3:  # shared B, C: one group
         B, C = B.unsqueeze(1), C.unsqueeze(1)

@@ -9,10 +9,9 @@
 from __future__ import annotations
 
 import itertools
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import tomllib
 
 from evmamba.model import STAGE_LAYOUTS, VARIANTS
 

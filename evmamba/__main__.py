@@ -23,9 +23,21 @@ def route_grid(routes) -> str:
     return "\n".join("    " + " ".join(str(int(v)).rjust(width) for v in row) for row in grid)
 
 
+def test_pattern(size: int = 256):
+    """A colour test picture made here (hue ramps and a checkerboard), for when no sample image is installed."""
+    import numpy as np
+    ramp = np.linspace(0, 1, size)
+    board = ((np.arange(size)[:, None] // 32 + np.arange(size)[None, :] // 32) % 2).astype(float)
+    rgb = np.stack([ramp[None, :].repeat(size, 0), ramp[:, None].repeat(size, 1), 0.25 + 0.5 * board], axis=-1)
+    return (255 * rgb).astype(np.uint8)
+
+
 def load_image(path: str | None):
     if path is None:
-        from skimage import data
+        try:
+            from skimage import data
+        except ImportError:  # scikit-image comes with the app extra, not with evmamba itself
+            return test_pattern(), "a generated test pattern (pip install scikit-image for a sample photograph)"
         return data.astronaut(), "scikit-image's astronaut sample"
     from PIL import Image, UnidentifiedImageError
     try:

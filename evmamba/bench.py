@@ -109,11 +109,13 @@ def model_cases(variant="tiny", scans=("es2d",), size=224):
     return cases
 
 
-def compile_cases(batches=(1, 8), size=224):
-    """Tiny ES2D forward, eager against torch.compile (torch backend), per batch size."""
+def compile_cases(batches=(1, 8), size=224, compiler: str = "inductor"):
+    """Tiny ES2D forward, eager against torch.compile (torch backend), per batch size. `compiler` is
+    torch.compile's backend: inductor is what is timed; the tests use aot_eager (no code generation)."""
     from .model import build_model
     model = build_model("tiny", backend="torch").eval()
-    compiled = torch.compile(model, dynamic=False)  # one static graph per batch size, as a server would use
+    # one static graph per batch size, as a server would use
+    compiled = torch.compile(model, dynamic=False, backend=compiler)
     cases = {}
     for batch in batches:
         x = torch.randn(batch, 3, size, size)

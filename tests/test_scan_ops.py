@@ -6,9 +6,9 @@ The mamba-ssm kernel itself needs a GPU; here a CPU stand-in with the extension'
 import mamba_ext_stand_in
 import pytest
 import torch
-from conftest import rel_err
 from test_scan import make
 
+from evmamba.agreement import grad_agreement, rel_err
 from evmamba.scan import cuda, selective_scan
 
 
@@ -70,8 +70,7 @@ def test_mamba_operator_matches_reference(stand_in, grouped, optional):
         (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
         outs[name], grads[name] = y.detach(), {k: v.grad for k, v in x.items()}
     assert rel_err(outs["kernel"], outs["reference"]) < 1e-5
-    for k in inputs:
-        assert rel_err(grads["kernel"][k], grads["reference"][k]) < 1e-5, k
+    assert grad_agreement(grads["kernel"], grads["reference"]).ok(1e-5)
 
 
 def test_mamba_operator_takes_strided_batch_and_channels(stand_in):
@@ -96,8 +95,7 @@ def test_compiled_scan_equals_eager():
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")(**x)
     gcomp = torch.autograd.grad(compiled.square().sum(), list(x.values()))
     assert rel_err(compiled, eager) < 1e-6
-    for a, b in zip(gcomp, geager):
-        assert rel_err(a, b) < 1e-6
+    assert grad_agreement(gcomp, geager).ok(1e-6)
 
 
 
@@ -115,24 +113,75 @@ def test_compiled_kernel_operator_equals_eager(stand_in):
     compiled = torch.compile(fn, fullgraph=True)(**x)
     gcomp = torch.autograd.grad(compiled.square().sum(), list(x.values()))
     assert rel_err(compiled, eager) < 1e-5
-    for a, b in zip(gcomp, geager):
-        assert rel_err(a, b) < 1e-5
+    assert grad_agreement(gcomp, geager).ok(1e-5)
+
+
+def outputs_and_grads(module, run, x):
+    """run(x) (the module, or a compiled wrapper of it) and the gradients of its parameters for a fixed loss."""
+    out = run(x)
+    names, params = zip(*module.named_parameters())
+    return out.detach(), dict(zip(names, torch.autograd.grad(out.square().mean(), params)))
+
+
+def assert_same(module, compiled, x, tolerance=1e-4):
+    (out, grads), (ref, ref_grads) = outputs_and_grads(module, compiled, x), outputs_and_grads(module, module, x)
+    assert rel_err(out, ref) < tolerance
+    agreement = grad_agreement(grads, ref_grads)
+    assert agreement.ok(tolerance), agreement
+
+
+def tiny(scan="es2d", **options):
+    import evmamba
+    torch.manual_seed(0)
+    return evmamba.build_model("tiny", scan=scan, **options).eval()
+
+
+# Graph capture (one graph, forward and backward, the same numbers) through aot_eager: dynamo and AOTAutograd
+# trace exactly what inductor would compile, then run the traced graphs op by op, without code generation.
+# Inductor itself compiles one EVSS block below (the whole model, which takes minutes, in the slow tests).
+@pytest.mark.parametrize("scan", ["es2d", "ss2d"])
+def test_compiled_model_is_one_graph_and_equals_eager(scan):
+    model, x = tiny(scan), torch.randn(2, 3, 32, 32)
+    model(x)  # an eager call first builds the route tables the compiled graph reads
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(x)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+    assert_same(model, torch.compile(model, fullgraph=True, backend="aot_eager"), x)
 
 
 @pytest.mark.parametrize("scan", ["es2d", "ss2d"])
-def test_compiled_model_is_one_graph_and_equals_eager(scan):
-    import evmamba
-    torch.manual_seed(0)
-    model = evmamba.build_model("tiny", scan=scan).eval()
-    x = torch.randn(2, 3, 64, 64)
-    eager = model(x)  # an eager call first builds the route tables the compiled graph reads
-    geager = torch.autograd.grad(eager.square().mean(), list(model.parameters()))
+def test_compiled_model_on_the_kernel_operator_equals_eager(stand_in, monkeypatch, scan):
+    # the whole model on the mamba_ssm path (here the CPU stand-in, whose outputs take their inputs' strides
+    # as the kernel's do)
+    import evmamba.scan as scan_module
+    monkeypatch.setitem(scan_module._IMPLEMENTATIONS, "mamba_ssm", cuda.run_kernel)
+    model, x = tiny(scan, backend="mamba_ssm"), torch.randn(2, 3, 32, 32)
+    model(x)
     torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True)(x)  # fullgraph: a graph break would be an error
-    gcomp = torch.autograd.grad(compiled.square().mean(), list(model.parameters()))
-    assert rel_err(compiled, eager) < 1e-4
-    for a, b in zip(gcomp, geager):
-        assert rel_err(a, b) < 1e-4
+    assert_same(model, torch.compile(model, fullgraph=True, backend="aot_eager"), x)
+
+
+def test_compiled_model_follows_a_changing_batch_size():
+    # a second batch size makes dynamo recompile once, with a symbolic batch (dynamic shapes)
+    model = tiny()
+    model(torch.randn(2, 3, 32, 32))
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    for batch in (2, 3, 5):
+        assert_same(model, compiled, torch.randn(batch, 3, 32, 32))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # batch 2, then any batch
+
+
+def test_inductor_compiles_an_evss_block():
+    # inductor's code generation, once, on the smallest piece holding every kind of operation the model has
+    # (projections, cross-scan, the scan operator, cross-merge, norms, the conv branch, the gate), on an odd
+    # map (ES2D pads); whole models, and a changing batch size, in the slow tests
+    block = tiny().layers[0].blocks[0]
+    x = torch.randn(2, 15, 17, 48)
+    block(x)
+    torch._dynamo.reset()
+    assert_same(block, torch.compile(block, fullgraph=True), x)
 
 
 def test_scan_precision_keeps_autocast_inputs_and_changes_nothing_outside_autocast(monkeypatch):
@@ -156,38 +205,32 @@ def test_scan_precision_keeps_autocast_inputs_and_changes_nothing_outside_autoca
         model.set_scan_precision("half")
 
 
+# ---- slow: inductor on whole models (minutes each on a cold compile cache) --------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("scan", ["es2d", "ss2d"])
-def test_compiled_model_on_the_kernel_operator_equals_eager(stand_in, monkeypatch, scan):
-    # The whole model on the mamba_ssm path (here the CPU stand-in, whose outputs take their inputs' strides
-    # as the kernel's do), compiled by inductor: the graph hands the kernel what it traced.
-    import evmamba
+def test_inductor_compiled_model_equals_eager(scan):
+    model, x = tiny(scan), torch.randn(2, 3, 64, 64)
+    model(x)
+    torch._dynamo.reset()
+    assert_same(model, torch.compile(model, fullgraph=True), x)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scan", ["es2d", "ss2d"])
+def test_inductor_compiled_model_on_the_kernel_operator_equals_eager(stand_in, monkeypatch, scan):
     import evmamba.scan as scan_module
     monkeypatch.setitem(scan_module._IMPLEMENTATIONS, "mamba_ssm", cuda.run_kernel)
-    torch.manual_seed(0)
-    model = evmamba.build_model("tiny", scan=scan, backend="mamba_ssm").eval()
-    x = torch.randn(2, 3, 64, 64)
-    eager = model(x)
-    geager = torch.autograd.grad(eager.square().mean(), list(model.parameters()))
+    model, x = tiny(scan, backend="mamba_ssm"), torch.randn(2, 3, 64, 64)
+    model(x)
     torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True)(x)
-    gcomp = torch.autograd.grad(compiled.square().mean(), list(model.parameters()))
-    assert rel_err(compiled, eager) < 1e-4
-    for a, b in zip(gcomp, geager):
-        assert rel_err(a, b) < 1e-4
+    assert_same(model, torch.compile(model, fullgraph=True), x)
 
 
-def test_compiled_model_follows_a_changing_batch_size():
-    # a second batch size makes dynamo recompile with a symbolic batch (dynamic shapes)
-    import evmamba
-    torch.manual_seed(0)
-    model = evmamba.build_model("tiny", scan="es2d").eval()
+@pytest.mark.slow
+def test_inductor_compiled_model_follows_a_changing_batch_size():
+    model = tiny()
+    model(torch.randn(2, 3, 64, 64))
     torch._dynamo.reset()
     compiled = torch.compile(model)
     for batch in (2, 3):
-        x = torch.randn(batch, 3, 64, 64)
-        eager = model(x)
-        geager = torch.autograd.grad(eager.square().mean(), list(model.parameters()))
-        out = compiled(x)
-        gcomp = torch.autograd.grad(out.square().mean(), list(model.parameters()))
-        assert rel_err(out, eager) < 1e-4
-        assert max(rel_err(a, b) for a, b in zip(gcomp, geager)) < 1e-4
+        assert_same(model, compiled, torch.randn(batch, 3, 64, 64))

@@ -45,8 +45,8 @@ def _decay_and_drive(dt_c, u_c, A, B_c, decay, drive):
 # the state entering each chunk, (chunks, b, G, d, N), which the backward needs. (Registered with
 # torch.library.define/impl rather than custom_op, whose wrapper loads torch._dynamo on the first call:
 # a second and 70 MB that eager users do not need.)
-# Compiled code hands both operators contiguous (dense time-major) inputs (the tag): asking inductor to keep
-# the traced stride order instead fails for a symbolic batch size (it cannot order b·C against C).
+# Compiled code hands both operators dense time-major inputs; the tag tells inductor to pass them contiguous
+# rather than in whatever stride order it traced.
 _CONTIGUOUS = (torch.Tag.needs_contiguous_strides,)
 torch.library.define("evmamba::torch_scan", "(Tensor u, Tensor dt, Tensor A, Tensor B, Tensor C, int chunk) "
                      "-> (Tensor, Tensor)", tags=_CONTIGUOUS)
@@ -164,7 +164,9 @@ def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
         dt = dt + delta_bias.to(ct).view(groups, d)
     if delta_softplus:
         dt = F.softplus(dt)
-    chunk = chunk_length(length, batch * channels * n)
+    # a chunk's state is (T, batch, channels, N); compiled code sizes the chunk per sample instead, so that
+    # one graph serves every batch size (no guard on the chunk length, which changes no result)
+    chunk = chunk_length(length, channels * n if compiling else batch * channels * n)
     y, _ = scan_core(time_major(u), dt, A.to(ct).reshape(groups, d, n), groups_last(B), groups_last(C), chunk)
     y = y.reshape(length, batch, channels).permute(1, 2, 0)
     if D is not None:

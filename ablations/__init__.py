@@ -15,8 +15,8 @@ Modules: tasks (procedural data), data (datasets and the order they are read in)
 measure (cost columns), tables, figures, store (hashes, atomic writes, provenance), pipeline (the
 `all` command), config (the grid file).
 """
-from .config import Row, load_grid, load_paper_numbers
+from .config import load_grid, load_paper_numbers
 from .tasks import TASKS, make_task
 from .train import TrainConfig, train
 
-__all__ = ["TASKS", "Row", "TrainConfig", "load_grid", "load_paper_numbers", "make_task", "train"]
+__all__ = ["TASKS", "TrainConfig", "load_grid", "load_paper_numbers", "make_task", "train"]

@@ -11,11 +11,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
 
-from .config import load_grid
+from evmamba.model import ModelConfig
+
+from .config import label, load_grid
 
 
 def _bool(text: str) -> bool:
@@ -25,6 +28,14 @@ def _bool(text: str) -> bool:
     if v in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected on/off (or true/false), got {text!r}")
+
+
+def _stages(text: str):
+    """A stage layout name, or one kind per stage separated by commas (evss,evss,ir,ir)."""
+    return tuple(s.strip() for s in text.split(",")) if "," in text else text
+
+
+SET_BY_THE_DATA = ("num_classes",)
 
 
 def _pipeline_parser(sub, name, help_text):
@@ -50,15 +61,14 @@ def _train_parser(sub):
     p = sub.add_parser("train", help="train one model (procedural task or ImageFolder); torchrun for many processes",
                        description="Train one model. Run again with the same --out to resume.")
     p.add_argument("--out", type=Path, required=True, help="folder for last.pth, final.pth, result.json")
-    g = p.add_argument_group("model")
-    g.add_argument("--variant", default=d.variant)
-    g.add_argument("--scan", default=d.scan)
-    g.add_argument("--step", type=int, default=d.step)
-    g.add_argument("--conv-branch", type=_bool, default=d.conv_branch, metavar="on|off")
-    g.add_argument("--se", "--gate", dest="se", type=_bool, default=d.se, metavar="on|off")
-    g.add_argument("--stages", default=d.stages, help="released, all-evss, ir-first, all-ir, or e.g. evss,evss,ir,ir")
-    g.add_argument("--drop-path", type=float, default=d.drop_path)
-    g.add_argument("--backend", default=d.backend)
+    g = p.add_argument_group("model (evmamba.ModelConfig's fields; num_classes comes from the data)")
+    model = ModelConfig()
+    for f in dataclasses.fields(ModelConfig):
+        if f.name in SET_BY_THE_DATA:
+            continue
+        kind = {"bool": _bool, "int": int, "float": float, "tuple": _stages}.get(str(f.type), str)
+        g.add_argument("--" + f.name.replace("_", "-"), type=kind, default=getattr(model, f.name),
+                       metavar="on|off" if kind is _bool else None, help=f.metadata.get("doc"))
     g = p.add_argument_group("data")
     g.add_argument("--data", default=d.data, help="texture, markers, texture+markers, or an ImageFolder path "
                                                   "(PATH/train and PATH/val, or PATH and --val-data)")
@@ -119,7 +129,7 @@ def _show_grid(args) -> int:
         print(f"{t.name}: {t.title} ({len(t.rows)} rows)")
         for r in t.rows:
             cols = [c for c in ("train", "speed", "memory", "erf") if mode.selects(c, r)]
-            print(f"  {r.label():48s} {', '.join(cols) or '-'}")
+            print(f"  {label(r):48s} {', '.join(cols) or '-'}")
     rows = grid.rows()
     runs = sum(mode.selects("train", r) for r in rows) * len(mode.tasks) * len(mode.seeds)
     print(f"{len(rows)} distinct rows; {runs} training runs in the {mode.name} mode")
@@ -156,20 +166,12 @@ def _train(args) -> int:
     import json
 
     from .train import TrainConfig, train
-    stages = args.stages
-    if "," in stages:
-        stages = tuple(s.strip() for s in stages.split(","))
     if args.steps is None and args.epochs is None:
         raise ValueError("give --steps N or --epochs N")
-    config = TrainConfig(variant=args.variant, scan=args.scan, step=args.step, conv_branch=args.conv_branch,
-                         se=args.se, stages=stages, drop_path=args.drop_path, backend=args.backend, data=args.data,
-                         val_data=args.val_data, image_size=args.image_size, train_images=args.train_images,
-                         test_images=args.test_images, workers=args.workers, steps=args.steps, epochs=args.epochs,
-                         batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr, warmup_steps=args.warmup_steps,
-                         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-                         clip_grad=args.clip_grad or None, ema_decay=args.ema_decay, bn_batches=args.bn_batches,
-                         amp=args.amp, seed=args.seed,
-                         save_every=args.save_every)
+    model = ModelConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ModelConfig)
+                           if f.name not in SET_BY_THE_DATA})
+    training = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    config = TrainConfig(model=model, **{**training, "clip_grad": args.clip_grad or None})
     result = train(config, args.out, resume=not args.no_resume, device=args.device)
     if result is not None and int(__import__("os").environ.get("RANK", "0")) == 0:
         summary = {k: result[k] for k in ("test", "test_ema", "steps", "processes", "device", "amp", "seconds",

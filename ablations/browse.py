@@ -4,21 +4,24 @@ that is not in them yet (the app's Ablations tab and the notebooks use these).
     tables = load_tables("assets/ablations")             # name -> DataFrame, as written by the pipeline
     df = filter_rows(tables["scan_fusion"], scan="SS2D")
     fig = column_chart(df, "FLOPs (G, 224²)")
-    row = measure_row({"variant": "tiny", "scan": "es2d", "step": 3})   # cost columns, measured now
+    row = measure_row(ModelConfig(step=3))               # cost columns, measured now
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .config import SWITCHES, Row
-from .tables import MARKERS, row_columns
+from evmamba.model import ModelConfig
+
+from .tables import CONVENTIONS, ERF_TABLE_THRESHOLDS, MARKERS, erf_column, ratio_cell, row_columns
 
 DEFAULT_RESULTS = Path(__file__).resolve().parent.parent / "assets" / "ablations"
-FILTERS = {"variant": "variant", "scan": "scan", "conv_branch": "conv branch", "se": "gate", "stages": "stages"}
+# field -> the table column that shows it (ModelConfig's field metadata)
+FILTERS = {f.name: f.metadata["column"] for f in dataclasses.fields(ModelConfig) if "column" in f.metadata}
 NOT_TRAINED_HERE = "not trained here"
 _NUMBER = re.compile(r"^\s*(-?\d+(?:\.\d+)?)(?:\s*±\s*(\d+(?:\.\d+)?))?")
 
@@ -36,7 +39,8 @@ def load_tables(folder=None) -> dict[str, pd.DataFrame]:
 def filter_rows(df: pd.DataFrame, **selection) -> pd.DataFrame:
     """The rows whose switches match; a value of None or "all" leaves that switch free.
 
-    Keys: variant ("tiny"), scan ("ES2D"/"es2d"), conv_branch and se (True/False or "yes"/"no"), stages."""
+    Keys: the design fields tables show (FILTERS: variant "tiny", scan "ES2D"/"es2d", booleans as True/False
+    or "yes"/"no", stages by name, ...)."""
     unknown = set(selection) - set(FILTERS)
     if unknown:
         raise ValueError(f"unknown filter {', '.join(sorted(unknown))}: filters are {', '.join(FILTERS)}")
@@ -62,20 +66,18 @@ def parse_value(cell) -> tuple[float, float]:
 
 def numeric_columns(df: pd.DataFrame) -> list[str]:
     """Columns that hold at least one number (the ones worth charting)."""
-    return [c for c in df.columns if c not in FILTERS.values() and c != "step p"
+    return [c for c in df.columns if c not in FILTERS.values()
             and any(not np.isnan(parse_value(v)[0]) for v in df[c])]
 
 
 def row_labels(df: pd.DataFrame) -> list[str]:
-    cols = [c for c in ("variant", "scan", "step p", "conv branch", "gate", "stages") if c in df.columns]
+    """A label per row from its design columns: the variant and scan, then each other column that varies
+    in the table ("conv branch no", "step p 3")."""
+    cols = [c for c in FILTERS.values() if c in df.columns]
+    varying = [c for c in cols[2:] if df[c].nunique() > 1]
     out = []
     for _, r in df.iterrows():
-        parts = [f"{r['variant']} {r['scan']}" + (f" p={r['step p']}" if r.get("step p", "-") not in ("-", "") else "")]
-        if "conv branch" in cols:
-            parts.append(("conv" if r["conv branch"] == "yes" else "no conv") + ", "
-                         + ("gate" if r.get("gate") == "yes" else "no gate"))
-        if r.get("stages", "released") != "released":
-            parts.append(r["stages"])
+        parts = [" ".join(str(r[c]) for c in cols[:2])] + [f"{c} {r[c]}" for c in varying if r[c] != "-"]
         out.append(" | ".join(parts))
     return out
 
@@ -101,26 +103,19 @@ def column_chart(df: pd.DataFrame, column: str, title: str | None = None):
     return fig
 
 
-def measure_row(switches: dict, *, device="cpu", erf_inputs: int = 1, speed_repeats: int = 2, progress=None
+def measure_row(row: ModelConfig, *, device="cpu", erf_inputs: int = 1, speed_repeats: int = 2, progress=None
                 ) -> pd.DataFrame:
     """The cost columns of one design, measured now on `device`: parameters, FLOPs at 224², throughput
     (batch 2) and latency (batch 1) at 224², ERF area ratios at initialisation (network to the end of stage
-    2, random inputs). Accuracy needs training and is marked as not trained here.
-
-    switches: build_model switches (variant, scan, step, conv_branch, se, stages); missing ones take the
-    released design's value. progress: optional callable progress(fraction, desc=...)."""
+    2, random inputs; RepLKNet's convention and the cell-centred one). Accuracy needs training and is marked
+    as not trained here. progress: optional callable progress(fraction, desc=...)."""
     from . import measure
-    unknown = set(switches) - set(SWITCHES)
-    if unknown:
-        raise ValueError(f"unknown switch {', '.join(sorted(unknown))}: switches are {', '.join(SWITCHES)}")
-    row = Row(**switches)
-    from evmamba.model import ModelConfig
-    ModelConfig(variant=row.variant, scan=row.scan, step=row.step, conv_branch=row.conv_branch, se=row.se,
-                stages=row.stages).validate()  # a clear error before any work
-    steps = [("parameters and FLOPs", lambda: measure.static_cost(row.as_dict())),
-             ("throughput and latency", lambda: measure.speed(row.as_dict(), batch=2, repeats=speed_repeats,
-                                                              device=device)),
-             ("receptive field at initialisation", lambda: measure.erf_ratios(row.as_dict(), inputs=erf_inputs))]
+    if not isinstance(row, ModelConfig):
+        raise ValueError(f"measure_row takes an evmamba.ModelConfig, got {type(row).__name__}")
+    row = row.validate()  # a clear error before any work
+    steps = [("parameters and FLOPs", lambda: measure.static_cost(row)),
+             ("throughput and latency", lambda: measure.speed(row, batch=2, repeats=speed_repeats, device=device)),
+             ("receptive field at initialisation", lambda: measure.erf_ratios(row, inputs=erf_inputs))]
     got = []
     for i, (desc, fn) in enumerate(steps):
         if progress is not None:
@@ -133,10 +128,11 @@ def measure_row(switches: dict, *, device="cpu", erf_inputs: int = 1, speed_repe
     rec = row_columns(row)
     rec.update({"params (M)": f"{cost['params'] / 1e6:.2f}", "FLOPs (G, 224²)": f"{cost['flops'] / 1e9:.3f}",
                 f"throughput (img/s, {where}, batch 2, 224²)": f"{speed['throughput']:.1f}",
-                f"latency (ms, {where}, batch 1, 224²)": f"{speed['latency_ms']:.0f}",
-                "ERF area at 0.2, init (%)": f"{100 * erf['all']['0.2']:.2f}",
-                "ERF area at 0.99, init (%)": f"{100 * erf['all']['0.99']:.2f}",
-                "accuracy": NOT_TRAINED_HERE})
+                f"latency (ms, {where}, batch 1, 224²)": f"{speed['latency_ms']:.0f}"})
+    for convention in CONVENTIONS:
+        for t in ERF_TABLE_THRESHOLDS:
+            rec[erf_column(t, convention)] = ratio_cell(erf[convention]["all"][t])
+    rec["accuracy"] = NOT_TRAINED_HERE
     return pd.DataFrame([rec])
 
 

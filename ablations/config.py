@@ -1,71 +1,97 @@
 """The ablation grid as data: read grid.toml (or another file), expand each table into rows, pick a mode.
 
     grid = load_grid()                  # ablations/grid.toml
-    grid.tables["scan_fusion"].rows     # [Row(variant="tiny", scan="es2d", ...), ...]
+    grid.tables["scan_fusion"].rows     # [ModelConfig(variant="tiny", scan="es2d", ...), ...]
     grid.rows()                         # every distinct row of every table, in table order
     mode = grid.mode("quick")           # how each column is measured in the quick mode
     mode.selects("train", row)          # does this row get accuracy columns in this mode?
+
+A row is an evmamba.ModelConfig: a table may list values for any of its fields, and every field it does
+not list keeps the released design's value; a field that does not apply to a row's design (ES2D's step in
+an SS2D row) takes its default, so such rows are not repeated.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from evmamba.model import STAGE_LAYOUTS, VARIANTS
+from evmamba.model import ModelConfig
 
 GRID_FILE = Path(__file__).with_name("grid.toml")
+DEMO_GRID_FILE = Path(__file__).with_name("grid_demo.toml")  # one small table: the whole pipeline in a minute
 PAPER_FILE = Path(__file__).with_name("paper_numbers.toml")
 
-SWITCHES = ("variant", "scan", "step", "conv_branch", "se", "stages")
-DEFAULTS = {"variant": "tiny", "scan": "es2d", "step": 2, "conv_branch": True, "se": True, "stages": "released"}
-TABLE_OPTIONS = ("name", "title", "question", "same", "ss2d_step")
+FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
+TABLE_OPTIONS = ("name", "title", "question", "same")
 MODES = ("quick", "full")
 FILTERS = ("train", "speed", "memory", "erf")
 MODE_KEYS = {
     "tasks": list, "train": dict, "seeds": list, "image_size": int, "train_images": int, "test_images": int,
     "steps": int, "batch_size": int, "lr": float, "min_lr": float, "warmup_steps": int, "weight_decay": float,
     "label_smoothing": float, "ema_decay": float, "bn_batches": int, "speed": dict, "speed_size": int,
-    "speed_batch": int,
-    "speed_repeats": int, "memory": dict, "memory_batch": int, "erf": dict, "erf_stage": int, "erf_size": int,
-    "erf_inputs": int, "scaling_sizes": list, "scaling_batch": int, "scaling_repeats": int,
+    "speed_batch": int, "speed_repeats": int, "memory": dict, "memory_batch": int, "erf": dict, "erf_stage": int,
+    "erf_size": int, "erf_inputs": int, "scaling_sizes": list, "scaling_batch": int, "scaling_repeats": int,
     "trained_erf_inputs": int,
 }
 
 
-@dataclass(frozen=True)
-class Row:
-    """One model design: the build_model switches."""
+def design(**fields) -> ModelConfig:
+    """The validated design with these fields (the others at the released design's values); fields that do
+    not apply to it take their defaults."""
+    config, default = ModelConfig(**fields), ModelConfig()
+    return dataclasses.replace(config, **{f: getattr(default, f) for f in FIELDS if not config.applies(f)}).validate()
 
-    variant: str = "tiny"
-    scan: str = "es2d"
-    step: int = 2
-    conv_branch: bool = True
-    se: bool = True
-    stages: str = "released"
 
-    def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in SWITCHES}
+def config_dict(config: ModelConfig) -> dict:
+    """A row as plain JSON-able data (for hashing and files)."""
+    d = dataclasses.asdict(config.validate())
+    d["stages"] = list(d["stages"])
+    return d
 
-    def label(self) -> str:
-        parts = [self.variant, self.scan.upper() + (f" p={self.step}" if self.scan == "es2d" else "")]
-        parts.append(("conv" if self.conv_branch else "no conv") + ", " + ("gate" if self.se else "no gate"))
-        if self.stages != "released":
-            parts.append(self.stages)
-        return " | ".join(parts)
 
-    def slug(self) -> str:
-        return "-".join([self.variant, self.scan + (str(self.step) if self.scan == "es2d" else ""),
-                         "conv" if self.conv_branch else "noconv", "gate" if self.se else "nogate", self.stages])
+def _text(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value).lower().replace(" ", "")
 
-    def matches(self, selection: dict) -> bool:
-        """True when every switch named in `selection` (switch -> value or list of values) fits this row."""
-        for key, allowed in selection.items():
-            values = allowed if isinstance(allowed, list) else [allowed]
-            if getattr(self, key) not in values:
-                return False
-        return True
+
+def slug(config: ModelConfig) -> str:
+    """A file-name key of a row: the variant, then each field that differs from the released design."""
+    config, default = config.validate(), ModelConfig(variant=config.variant).validate()
+    parts = [config.variant]
+    for f in FIELDS[1:]:
+        v = getattr(config, f)
+        if v != getattr(default, f):
+            parts.append(f"{f}-{config.layout_name if f == 'stages' else _text(v)}")
+    return "_".join(parts)
+
+
+def label(config: ModelConfig) -> str:
+    """A row for people: its table columns (ModelConfig.shown), the ones that differ from the released design."""
+    shown, released = config.shown(), ModelConfig(variant=config.variant).shown()
+    parts = [str(shown.pop("variant"))] + [f"{k} {v}" for k, v in shown.items() if released.get(k) != v]
+    return " | ".join(parts)
+
+
+def matches(config: ModelConfig, selection: dict) -> bool:
+    """True when every field named in `selection` (field -> value or list of values, values as a grid file
+    writes them, e.g. a stage layout by name) fits `config`."""
+    config = config.validate()
+    for key, allowed in selection.items():
+        values = allowed if isinstance(allowed, list) else [allowed]
+        if not any(_same(config, key, v) for v in values):
+            return False
+    return True
+
+
+def _same(config: ModelConfig, key: str, value) -> bool:
+    try:
+        return getattr(design(**{**config_dict(config), key: value}), key) == getattr(config, key)
+    except ValueError:  # a value that makes no design with this row's other fields (an SS2D row's step 3)
+        return False
 
 
 @dataclass(frozen=True)
@@ -87,9 +113,9 @@ class Mode:
         except KeyError:
             raise AttributeError(key) from None
 
-    def selects(self, column: str, row: Row) -> bool:
+    def selects(self, column: str, row: ModelConfig) -> bool:
         """Whether `row` gets the `column` measurement (train, speed, memory, erf) in this mode."""
-        return row.matches(self.settings[column])
+        return matches(row, self.settings[column])
 
     def not_run(self) -> str:
         return "not run in --quick" if self.name == "quick" else "not run"
@@ -101,7 +127,7 @@ class Grid:
     modes: dict
     source: str = field(default="")
 
-    def rows(self) -> list[Row]:
+    def rows(self) -> list[ModelConfig]:
         seen, out = set(), []
         for t in self.tables.values():
             for r in t.rows:
@@ -116,43 +142,42 @@ class Grid:
         return self.modes[name]
 
 
-def _check_switch(where: str, key: str, values):
+def _check_values(where: str, key: str, values):
+    """Each value of field `key` makes a valid design, or a ValueError that says where and why."""
+    if key not in FIELDS:
+        raise ValueError(f"{where}: unknown field {key!r}; a design's fields are {', '.join(FIELDS)}")
     if not isinstance(values, list) or not values:
         raise ValueError(f"{where}: {key} must be a non-empty list of values, got {values!r}")
-    valid = {"variant": list(VARIANTS), "scan": ["es2d", "ss2d"], "stages": list(STAGE_LAYOUTS)}
     for v in values:
-        if key in valid and v not in valid[key]:
-            raise ValueError(f"{where}: unknown {key} {v!r}; valid values are {', '.join(valid[key])}")
-        if key in ("conv_branch", "se") and not isinstance(v, bool):
-            raise ValueError(f"{where}: {key} values must be true or false, got {v!r}")
-        if key == "step" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise ValueError(f"{where}: step values must be positive integers, got {v!r}")
+        try:
+            design(**{key: v})
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{where}: {e}") from None
 
 
 def expand_table(spec: dict) -> Table:
-    """Every combination of the listed switch values (unlisted switches at the released design's values)."""
+    """Every combination of the listed field values (unlisted fields at the released design's values)."""
     name = spec.get("name")
     if not name:
         raise ValueError("every [[table]] needs a name")
     where = f"table {name!r}"
-    unknown = set(spec) - set(SWITCHES) - set(TABLE_OPTIONS)
+    unknown = set(spec) - set(FIELDS) - set(TABLE_OPTIONS)
     if unknown:
-        raise ValueError(f"{where}: unknown keys {', '.join(sorted(unknown))}; a table takes the switches "
-                         f"{', '.join(SWITCHES)} and {', '.join(TABLE_OPTIONS)}")
-    values = {}
-    for key in SWITCHES:
-        v = spec.get(key, [DEFAULTS[key]])
-        _check_switch(where, key, v)
-        values[key] = v
+        raise ValueError(f"{where}: unknown keys {', '.join(sorted(unknown))}; a table takes a design's fields "
+                         f"{', '.join(FIELDS)} and {', '.join(TABLE_OPTIONS)}")
+    listed = {key: spec[key] for key in FIELDS if key in spec}
+    for key, values in listed.items():
+        _check_values(where, key, values)
     same = spec.get("same", [])
     rows = []
-    for combo in itertools.product(*values.values()):
-        d = dict(zip(SWITCHES, combo))
+    for combo in itertools.product(*listed.values()):
+        d = dict(zip(listed, combo))
         if same and len({d[k] for k in same}) > 1:
             continue
-        if d["scan"] == "ss2d":
-            d["step"] = spec.get("ss2d_step", DEFAULTS["step"])
-        row = Row(**d)
+        try:
+            row = design(**d)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
         if row not in rows:
             rows.append(row)
     return Table(name, spec.get("title", name), spec.get("question", ""), tuple(rows))
@@ -173,9 +198,7 @@ def _check_mode(name: str, settings: dict) -> Mode:
             raise ValueError(f"[{name}] {key} must be a {kind.__name__}, got {v!r}")
     for key in FILTERS:
         for switch, allowed in settings[key].items():
-            if switch not in SWITCHES:
-                raise ValueError(f"[{name}] {key}: unknown switch {switch!r}; valid: {', '.join(SWITCHES)}")
-            _check_switch(f"[{name}] {key}", switch, allowed if isinstance(allowed, list) else [allowed])
+            _check_values(f"[{name}] {key}", switch, allowed if isinstance(allowed, list) else [allowed])
     from .tasks import TASKS
     for t in settings["tasks"]:
         if t not in TASKS:
@@ -209,5 +232,5 @@ def load_paper_numbers(path=None) -> dict:
     return tomllib.loads(Path(path or PAPER_FILE).read_text())
 
 
-__all__ = ["DEFAULTS", "GRID_FILE", "Grid", "MODES", "Mode", "PAPER_FILE", "Row", "SWITCHES", "Table", "expand_table",
-           "load_grid", "load_paper_numbers"]
+__all__ = ["DEMO_GRID_FILE", "FIELDS", "GRID_FILE", "Grid", "MODES", "Mode", "PAPER_FILE", "Table", "config_dict",
+           "design", "expand_table", "label", "load_grid", "load_paper_numbers", "matches", "slug"]

@@ -10,56 +10,52 @@
     saved_activations(model, x)          bytes autograd keeps for the backward pass (any device)
     erf_ratios(row, ...)                 effective-receptive-field area ratios of a freshly initialised model
 
-A row is a dict of build_model switches: variant, scan, step, conv_branch, se, stages.
+A row is an evmamba.ModelConfig.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import subprocess
 import sys
 
 import torch
 
+from evmamba.model import ModelConfig
 from evmamba.timing import median_seconds
 
-ROW_KEYS = ("variant", "scan", "step", "conv_branch", "se", "stages")
+from .config import config_dict
 
 
-def build(row: dict, *, num_classes: int = 1000, backend: str = "auto", seed: int = 0, device="cpu"):
+def build(row: ModelConfig, *, seed: int = 0, device="cpu"):
     """The model of `row` with weights that depend only on `seed` (the global random state is kept)."""
-    from evmamba import build_model
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_model(**{k: row[k] for k in ROW_KEYS}, num_classes=num_classes, backend=backend)
-    return model.to(device)
+    from evmamba import create
+    return create(row, seed=seed).to(device)
 
 
-def static_cost(row: dict) -> dict:
+def static_cost(row: ModelConfig) -> dict:
     from evmamba import count_parameters
     from evmamba.analysis.cost import count_flops
     model = build(row)
     return {"params": count_parameters(model), "flops": count_flops(model, 224).total}
 
 
-def _median_seconds(fn, repeats: int, device) -> float:
-    return median_seconds(fn, repeats, device)
-
-
 @torch.no_grad()
-def speed(row: dict, size: int = 224, batch: int = 8, repeats: int = 5, device="cpu", backend="auto") -> dict:
+def speed(row: ModelConfig, size: int = 224, batch: int = 8, repeats: int = 5, device="cpu", backend="auto") -> dict:
     """Inference throughput (images/s, forward at `batch`) and latency (ms, forward at batch 1), medians of
     `repeats` timed runs after one warm-up, float32."""
-    model = build(row, backend=backend, device=device).eval()
+    model = build(dataclasses.replace(row, backend=backend), device=device).eval()
     x = torch.randn(batch, 3, size, size, device=device)
-    t_batch = _median_seconds(lambda: model(x), repeats, device)
-    t_one = _median_seconds(lambda: model(x[:1]), repeats, device)
+    t_batch = median_seconds(lambda: model(x), repeats, device)
+    t_one = median_seconds(lambda: model(x[:1]), repeats, device)
     out = {"throughput": batch / t_batch, "latency_ms": 1000 * t_one, "batch": batch, "size": size,
            "repeats": repeats, "threads": torch.get_num_threads(), "device": str(device)}
     if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported():
         def bf16():
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 model(x)
-        out["throughput_bf16"] = batch / _median_seconds(bf16, repeats, device)
+        out["throughput_bf16"] = batch / median_seconds(bf16, repeats, device)
     return out
 
 
@@ -87,8 +83,9 @@ _MEMORY_SCRIPT = r"""
 import json, sys, torch
 sys.path.insert(0, {root!r})
 from ablations.measure import build
+from evmamba.model import ModelConfig
 torch.set_num_threads({threads})
-row = json.loads({row!r})
+row = ModelConfig(**json.loads({row!r}))
 model = build(row)
 x = torch.randn({batch}, 3, {size}, {size})
 
@@ -107,7 +104,7 @@ print(json.dumps({{"before": rss, "peak": status("VmHWM")}}))
 """
 
 
-def peak_memory(row: dict, size: int = 224, batch: int = 1, device="cpu") -> dict:
+def peak_memory(row: ModelConfig, size: int = 224, batch: int = 1, device="cpu") -> dict:
     """Memory one training step (forward + backward, float32) needs, in bytes.
 
     GPU: torch.cuda.max_memory_allocated during the step, minus what was allocated before it.
@@ -125,8 +122,7 @@ def peak_memory(row: dict, size: int = 224, batch: int = 1, device="cpu") -> dic
                 "batch": batch, "size": size}
     from pathlib import Path
     root = str(Path(__file__).resolve().parent.parent)
-    code = _MEMORY_SCRIPT.format(root=root, threads=1, row=json.dumps({k: row[k] for k in ROW_KEYS}), batch=batch,
-                                 size=size)
+    code = _MEMORY_SCRIPT.format(root=root, threads=1, row=json.dumps(config_dict(row)), batch=batch, size=size)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         raise RuntimeError(f"the memory measurement failed: {out.stderr.strip()[-400:]}")
@@ -135,29 +131,36 @@ def peak_memory(row: dict, size: int = 224, batch: int = 1, device="cpu") -> dic
             "batch": batch, "size": size}
 
 
-def erf_ratios(row: dict, *, stage: int = 1, size: int = 224, inputs: int = 4, seed: int = 0,
+def erf_ratios(row: ModelConfig, *, stage: int = 1, size: int = 224, inputs: int = 4, seed: int = 0,
                per_route: bool = False) -> dict:
     """High-contribution area ratios (thresholds 0.2, 0.3, 0.5, 0.99) of the ERF of the network up to the end
     of stage `stage`, at its centre output, for a model freshly initialised with `seed`, averaged over
-    `inputs` random normal images (seeded). Returns {"all": {t: ratio}, "routes": [...]} (routes only when
-    per_route)."""
+    `inputs` random normal images (seeded), in both conventions (evmamba.analysis.erf_maps). Returns
+    {convention: {"all": {t: ratio}, "routes": [...]}} (routes only when per_route; None where RepLKNet's
+    convention has no value)."""
     from evmamba.analysis.erf import effective_receptive_fields
+    from evmamba.analysis.erf_maps import CONVENTIONS
     model = build(row, seed=seed).eval()
     r = effective_receptive_fields(model, "stage", stage=stage, inputs="random", num_inputs=inputs,
                                    image_size=size, routes=per_route, seed=seed, bar=False, method="autograd")
-    out = {"all": {str(t): v for t, v in r.combined.area_ratios().items()}, "stage": stage, "size": size,
-           "inputs": inputs, "grid": list(r.output_grid)}
-    if per_route:
-        out["routes"] = [{str(t): v for t, v in e.area_ratios().items()} for e in r.routes]
+
+    def ratios(e, convention):
+        return {str(t): None if math.isnan(v) else v for t, v in e.area_ratios(convention=convention).items()}
+
+    out = {"stage": stage, "size": size, "inputs": inputs, "grid": list(r.output_grid)}
+    for convention in CONVENTIONS:
+        out[convention] = {"all": ratios(r.combined, convention)}
+        if per_route:
+            out[convention]["routes"] = [ratios(e, convention) for e in r.routes]
     return out
 
 
 @torch.no_grad()
 def _forward_seconds(model, x, repeats, device):
-    return _median_seconds(lambda: model(x), repeats, device)
+    return median_seconds(lambda: model(x), repeats, device)
 
 
-def scaling(row: dict, sizes, *, batch: int = 1, repeats: int = 3, device="cpu", progress=None) -> list[dict]:
+def scaling(row: ModelConfig, sizes, *, batch: int = 1, repeats: int = 3, device="cpu", progress=None) -> list[dict]:
     """Forward throughput and activation memory (`saved_activations`; on a GPU also the allocator's peak)
     at each input size in `sizes`, for one model."""
     model = build(row, device=device).eval()
@@ -175,4 +178,4 @@ def scaling(row: dict, sizes, *, batch: int = 1, repeats: int = 3, device="cpu",
     return out
 
 
-__all__ = ["ROW_KEYS", "build", "erf_ratios", "peak_memory", "saved_activations", "scaling", "speed", "static_cost"]
+__all__ = ["build", "erf_ratios", "peak_memory", "saved_activations", "scaling", "speed", "static_cost"]

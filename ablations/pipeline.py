@@ -13,6 +13,7 @@ again only when the data it shows changed (its key, a hash of that data, is kept
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -26,11 +27,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .config import Mode, Row, load_grid, load_paper_numbers
+from evmamba.files import atomic_path, atomic_write_text
+from evmamba.model import VARIANTS, ModelConfig
+
+from .config import Mode, design, load_grid, load_paper_numbers, slug
+from .items import CostItem, ErfItem, Item, MemoryItem, ScalingItem, SpeedItem, TrainItem, run_item
 from .store import (
     ResultStore,
-    atomic_path,
-    atomic_write_text,
     config_hash,
     device_description,
     file_digest,
@@ -90,28 +93,6 @@ def _init_worker(threads: int):
     warnings.filterwarnings("ignore", category=UserWarning)
 
 
-def _work(kind: str, payload: dict):
-    """One item; runs in a worker process (or inline). Returns a JSON-able result."""
-    from . import measure
-    if kind == "cost":
-        return measure.static_cost(payload["row"])
-    if kind == "memory":
-        return measure.peak_memory(payload["row"], payload["size"], payload["batch"], payload["device"])
-    if kind == "erf":
-        return measure.erf_ratios(payload["row"], stage=payload["stage"], size=payload["size"],
-                                  inputs=payload["inputs"], seed=payload["seed"])
-    if kind == "train":
-        from .train import TrainConfig, train
-        config = TrainConfig(**{**payload["config"], "stages": payload["config"]["stages"]})
-        out = Path(payload["dir"])
-        result = train(config, out, resume=True, device=payload["device"], bar=False)
-        (out / "last.pth").unlink(missing_ok=True)  # only needed to resume an unfinished run
-        if not payload["keep"]:
-            (out / "final.pth").unlink(missing_ok=True)
-        return result
-    raise ValueError(f"unknown item kind {kind!r}")
-
-
 # ---- the run ------------------------------------------------------------------------------------------
 class Pipeline:
     def __init__(self, options: Options, progress=None):
@@ -133,7 +114,7 @@ class Pipeline:
             self.threads = TIMING_THREADS
             self.device_short = f"CPU, {self.threads} thread" + ("s" if self.threads > 1 else "")
         self.results = {"cost": {}, "speed": {}, "memory": {}, "erf": {}, "runs": {}, "scaling": {},
-                        "rows": {r.slug(): r for r in self.rows}, "device_short": self.device_short,
+                        "rows": {slug(r): r for r in self.rows}, "device_short": self.device_short,
                         "device_type": "cuda" if options.device.startswith("cuda") else "cpu",
                         "heads": self.heads(), "failed": {}}
         self.failures: list[str] = []
@@ -160,126 +141,109 @@ class Pipeline:
         if self.progress is not None:
             self.progress(fraction, desc=desc)
 
+    def scans(self) -> list[str]:
+        """The scans the grid compares, in the order they first appear."""
+        return list(dict.fromkeys(r.scan for r in self.rows))
+
     # ---- 1. timing ----------------------------------------------------------------------------------
-    def timing(self):
+    def timing_items(self) -> list[Item]:
         m = self.mode
-        speed_rows = [r for r in self.rows if m.selects("speed", r)]
-        scans = ("es2d", "ss2d")
-        todo = []
-        for r in speed_rows:
-            cfg = {"row": r.as_dict(), "size": m.speed_size, "batch": m.speed_batch, "repeats": m.speed_repeats,
-                   "device": self.device_long, "threads": self.threads}
-            todo.append(("speed", r, cfg))
-        for scan in scans:
-            r = Row(scan=scan)
-            cfg = {"row": r.as_dict(), "sizes": m.scaling_sizes, "batch": m.scaling_batch,
-                   "repeats": m.scaling_repeats, "device": self.device_long, "threads": self.threads}
-            todo.append(("scaling", r, cfg))
+        where = dict(device=self.o.device, where=self.device_long, threads=self.threads)
+        todo: list[Item] = [SpeedItem(r, m.speed_batch, m.speed_repeats, size=m.speed_size, **where)
+                            for r in self.rows if m.selects("speed", r)]
+        todo += [ScalingItem(design(scan=scan), m.scaling_batch, m.scaling_repeats, sizes=tuple(m.scaling_sizes),
+                             **where) for scan in self.scans()]
+        return todo
+
+    def timing(self):
         import torch
         before = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
-            self._timing(todo)
+            todo = self.timing_items()
+            for i, item in enumerate(tqdm(todo, desc="timing", disable=not self.o.bar)):
+                res = None if self.o.force else self.store.get(item.kind, item.key(), item.name)
+                if res is None:
+                    res = item.run()
+                    self.store.put(item.kind, item.key(), res, item.name)
+                self._keep(item, res)
+                self._report((i + 1) / len(todo), "timing")
         finally:
             torch.set_num_threads(before)
 
-    def _timing(self, todo):
-        from . import measure
-        m = self.mode
-        for i, (kind, r, cfg) in enumerate(tqdm(todo, desc="timing", disable=not self.o.bar)):
-            res = None if self.o.force else self.store.get(kind, cfg, r.slug())
-            if res is None:
-                if kind == "speed":
-                    res = measure.speed(r.as_dict(), m.speed_size, m.speed_batch, m.speed_repeats, self.o.device)
-                else:
-                    res = measure.scaling(r.as_dict(), m.scaling_sizes, batch=m.scaling_batch,
-                                          repeats=m.scaling_repeats, device=self.o.device)
-                self.store.put(kind, cfg, res, r.slug())
-            if kind == "speed":
-                self.results["speed"][r.slug()] = res
-            else:
-                self.results["scaling"][r.scan] = res
-            self._report((i + 1) / len(todo), "timing")
-
     # ---- 2. items -----------------------------------------------------------------------------------
-    def train_config(self, row: Row, task: str, seed: int) -> dict:
+    def train_config(self, row: ModelConfig, task: str, seed: int) -> dict:
         from .train import TrainConfig
         m = self.mode
-        cfg = TrainConfig(**row.as_dict(), data=task, image_size=m.image_size, train_images=m.train_images,
+        cfg = TrainConfig(model=row, data=task, image_size=m.image_size, train_images=m.train_images,
                           test_images=m.test_images, steps=m.steps, batch_size=m.batch_size, lr=m.lr,
                           min_lr=m.min_lr, warmup_steps=m.warmup_steps, weight_decay=m.weight_decay,
                           label_smoothing=m.label_smoothing, ema_decay=m.ema_decay, bn_batches=m.bn_batches,
                           seed=seed)
         return cfg.validate().to_dict()
 
-    def run_dir(self, row: Row, task: str, seed: int) -> Path:
-        cfg = self.train_config(row, task, seed)
-        return self.o.cache / "runs" / f"{row.slug()}-{task}-s{seed}-{config_hash(cfg)}"
+    def run_dir(self, row: ModelConfig, task: str, seed: int) -> Path:
+        return self.o.cache / "runs" / f"{slug(row)}-{task}-s{seed}-{config_hash(self.train_config(row, task, seed))}"
 
-    def items(self) -> list[tuple]:
-        """(kind, row, task, seed, cfg, payload, estimated cost) for every item of phase 2."""
+    def items(self) -> list[Item]:
+        """Every item of phase 2: cost, memory and ERF per row as the mode selects, and the training runs
+        (always listed; with train=False only their stored results are used)."""
         m = self.mode
-        out = []
+        out: list[Item] = []
         for r in self.rows:
-            out.append(("cost", r, None, None, {"row": r.as_dict()}, {"row": r.as_dict()}, 1))
+            out.append(CostItem(r))
             if m.selects("memory", r):
-                cfg = {"row": r.as_dict(), "size": m.speed_size, "batch": m.memory_batch, "device": self.device_long}
-                out.append(("memory", r, None, None, cfg, {**cfg, "device": self.o.device}, 3))
+                out.append(MemoryItem(r, m.speed_size, m.memory_batch, self.o.device, self.device_long))
             if m.selects("erf", r):
-                cfg = {"row": r.as_dict(), "stage": m.erf_stage, "size": m.erf_size, "inputs": m.erf_inputs,
-                       "seed": 0}
-                out.append(("erf", r, None, None, cfg, cfg, 2))
-        # training runs always (with train=False only their stored results are used)
+                out.append(ErfItem(r, m.erf_stage, m.erf_size, m.erf_inputs, seed=0))
         first = m.seeds[0]
         for r in self.rows:
-            if not m.selects("train", r):
-                continue
-            for task in m.tasks:
-                for seed in m.seeds:
-                    cfg = self.train_config(r, task, seed)
-                    payload = {"config": cfg, "dir": str(self.run_dir(r, task, seed)), "device": self.o.device,
-                               "keep": seed == first}
-                    cost = 100 * (3 if r.scan == "ss2d" else 1)
-                    out.append(("train", r, task, seed, cfg, payload, cost))
+            if m.selects("train", r):
+                out += [TrainItem(r, task, seed, self.train_config(r, task, seed), str(self.run_dir(r, task, seed)),
+                                  self.o.device, keep=seed == first) for task in m.tasks for seed in m.seeds]
         return out
 
-    def _keep(self, kind, r, task, seed, res):
-        key = r.slug()
-        if kind == "train":
+    def _keep(self, item: Item, res):
+        key = slug(item.row)
+        if isinstance(item, TrainItem):
             self.results["runs"].setdefault(key, []).append(res)
+        elif isinstance(item, ScalingItem):
+            self.results["scaling"][item.row.scan] = res
         else:
-            self.results[kind][key] = res
+            self.results[item.kind][key] = res
+
+    def _stored(self, item: Item):
+        res = None if self.o.force else self.store.get(item.kind, item.key(), item.name)
+        if res is not None and isinstance(item, TrainItem) and item.keep and self.o.train and self.o.figures \
+                and not Path(res["checkpoint"]).exists():
+            return None  # the first seed's weights are needed for the trained-ERF figure
+        return res
 
     def compute_items(self):
         todo = []
-        for kind, r, task, seed, cfg, payload, cost in self.items():
-            name = r.slug() + (f"-{task}-s{seed}" if task else "")
-            res = None if self.o.force else self.store.get(kind, cfg, name)
-            if res is not None and kind == "train" and seed == self.mode.seeds[0] and self.o.train \
-                    and self.o.figures and not Path(res["checkpoint"]).exists():
-                res = None  # the first seed's weights are needed for the trained-ERF figure
-            if res is None and kind == "train" and not self.o.train:
+        for item in self.items():
+            res = self._stored(item)
+            if res is None and isinstance(item, TrainItem) and not self.o.train:
                 continue
             if res is None:
-                todo.append((kind, r, task, seed, cfg, payload, cost, name))
+                todo.append(item)
             else:
-                self._keep(kind, r, task, seed, res)
-        todo.sort(key=lambda t: -t[6])  # longest first
+                self._keep(item, res)
+        todo.sort(key=lambda item: -item.estimate)  # longest first
         if not todo:
             return
         threads = 1 if self.o.device == "cpu" else self.threads
         bar = tqdm(total=len(todo), desc="items (train, cost, memory, ERF)", disable=not self.o.bar)
 
-        def finish(item, res, error=None):
-            kind, r, task, seed, cfg, payload, cost, name = item
+        def finish(item: Item, res, error=None):
             if error is not None:
-                self.failures.append(f"{kind} {name}: {error}")
-                self.results["failed"].setdefault(kind, set()).add(r.slug())
+                self.failures.append(f"{item.kind} {item.name}: {error}")
+                self.results["failed"].setdefault(item.kind, set()).add(slug(item.row))
             else:
-                self.store.put(kind, cfg, res, name)
-                self._keep(kind, r, task, seed, res)
+                self.store.put(item.kind, item.key(), res, item.name)
+                self._keep(item, res)
             bar.update(1)
-            bar.set_postfix_str(f"{kind} {name}"[:60])
+            bar.set_postfix_str(f"{item.kind} {item.name}"[:60])
             self._report(bar.n / len(todo), "items")
 
         if self.o.jobs <= 1:
@@ -289,7 +253,7 @@ class Pipeline:
             try:
                 for item in todo:
                     try:
-                        finish(item, _work(item[0], item[5]))
+                        finish(item, run_item(item))
                     except Exception as e:  # noqa: BLE001 - reported with the item's name
                         finish(item, None, f"{type(e).__name__}: {e}")
             finally:
@@ -298,7 +262,7 @@ class Pipeline:
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(self.o.jobs, mp_context=ctx, initializer=_init_worker,
                                      initargs=(threads,)) as pool:
-                futures = {pool.submit(_work, item[0], item[5]): item for item in todo}
+                futures = {pool.submit(run_item, item): item for item in todo}
                 for f in as_completed(futures):
                     item = futures[f]
                     try:
@@ -336,7 +300,10 @@ class Pipeline:
                  + ("growth of a fresh process's resident set." if self.results["device_type"] == "cpu"
                     else "CUDA allocator peak."),
                  f"ERF: network to the end of stage {m.erf_stage + 1}, {m.erf_size}² random inputs "
-                 f"({m.erf_inputs}), seed 0, share of the contribution inside the smallest centred square.",
+                 f"({m.erf_inputs}), seed 0; area ratio: the smallest centred square holding more than that share "
+                 "of the contribution, in RepLKNet's convention (log10(1 + x) map, odd squares around the map's "
+                 "centre pixel, as their analyze_erf.py) and in the cell-centred one (raw map, squares around "
+                 "the output cell's centre).",
                  f"Accuracy: {', '.join(m.tasks)} at {m.image_size}², {m.steps} steps of batch {m.batch_size} "
                  f"(AdamW, lr {m.lr:g}, cosine, {m.warmup_steps} warm-up steps, label smoothing "
                  f"{m.label_smoothing:g}"
@@ -371,13 +338,15 @@ class Pipeline:
             seeds = m.seeds if name in self.grid.tables else []
             shows = f"{title}"
             note = self._caption()
-            self._artifact(f"tables/{name}.csv", "table", key, lambda p, df=df: _write(p, T.to_csv(df)), seeds, shows)
+            self._artifact(f"tables/{name}.csv", "table", key, lambda p, df=df: atomic_write_text(p, T.to_csv(df)),
+                           seeds, shows)
             self._artifact(f"tables/{name}.md", "table", key,
-                           lambda p, df=df, c=caption, n=note: _write(p, T.to_markdown(df, f"**{c}**\n\n{n}")),
+                           lambda p, df=df, c=caption, n=note:
+                           atomic_write_text(p, T.to_markdown(df, f"**{c}**\n\n{n}")),
                            seeds, shows)
             self._artifact(f"tables/{name}.tex", "table", key,
                            lambda p, df=df, c=caption, n=name, t=note:
-                           _write(p, T.to_latex(df, f"{c} {t}", f"tab:{n}")),
+                           atomic_write_text(p, T.to_latex(df, f"{c} {t}", f"tab:{n}")),
                            seeds, shows)
             self.tables[name] = (df, caption)
 
@@ -408,8 +377,8 @@ class Pipeline:
         steps.update(1)
 
         measured = {}
-        for v in ("tiny", "small", "base"):
-            c = self.results["cost"].get(Row(variant=v).slug())
+        for v in VARIANTS:
+            c = self.results["cost"].get(slug(design(variant=v)))
             if c:
                 measured[v] = c["flops"] / 1e9
         self._figure("accuracy_vs_flops", {"measured": measured, "paper": self.paper["table2"]},
@@ -427,18 +396,18 @@ class Pipeline:
         steps.update(1)
 
         # accuracy bars and training curves for the first table that has trained rows
-        trained = [r for r in self.grid.tables[next(iter(self.grid.tables))].rows if r.slug() in self.results["runs"]]
+        trained = [r for r in self.grid.tables[next(iter(self.grid.tables))].rows if slug(r) in self.results["runs"]]
         if trained:
             groups, curves = [], []
             for r in trained:
-                runs = self.results["runs"][r.slug()]
-                label = f"{r.scan.upper()} {'+' if r.conv_branch else '-'}conv {'+' if r.se else '-'}gate"
-                groups.append({"label": label, "scan": r.scan, "conv": r.conv_branch, "gate": r.se,
+                runs = self.results["runs"][slug(r)]
+                name = f"{r.scan.upper()} {'+' if r.conv_branch else '-'}conv {'+' if r.gate else '-'}gate"
+                groups.append({"label": name, "scan": r.scan, "conv": r.conv_branch, "gate": r.gate,
                                "acc": accuracy_by_head(runs)})
                 for task in m.tasks:
-                    curves.append({"task": task, "label": label, "scan": r.scan, "conv": r.conv_branch,
-                                   "gate": r.se, "losses": [[h[1] for h in run["history"]] for run in runs
-                                                            if run["config"]["data"] == task]})
+                    curves.append({"task": task, "label": name, "scan": r.scan, "conv": r.conv_branch,
+                                   "gate": r.gate, "losses": [[h[1] for h in run["history"]] for run in runs
+                                                              if run["config"]["data"] == task]})
             classes = {h: n for t in m.tasks for h, n in zip(TASKS[t].head_names, TASKS[t].heads)}
             note = (f"{trained[0].variant}, {', '.join(m.tasks)} at {m.image_size}², {m.steps} steps, "
                     f"seeds {', '.join(map(str, m.seeds))}; bar: mean, whisker: std, dots: seeds")
@@ -466,11 +435,11 @@ class Pipeline:
         task = next((t for t in m.tasks if TASKS[t].kind == "global"), m.tasks[0])
         seed = m.seeds[0]
         entries = []
-        for scan in ("es2d", "ss2d"):
-            r = Row(scan=scan)
-            if not m.selects("train", r) or r.slug() not in self.results["runs"]:
+        for scan in self.scans():
+            r = design(scan=scan)
+            if not m.selects("train", r) or slug(r) not in self.results["runs"]:
                 continue
-            run = next((x for x in self.results["runs"][r.slug()]
+            run = next((x for x in self.results["runs"][slug(r)]
                         if x["config"]["data"] == task and x["config"]["seed"] == seed), None)
             if run is None or not Path(run["checkpoint"]).exists():
                 continue
@@ -482,7 +451,7 @@ class Pipeline:
         def make():
             import torch
 
-            from evmamba import build_model, load_checkpoint
+            from evmamba import create
             from evmamba.analysis.erf import captured_inputs, mixer_erf
 
             from .data import TaskDataset
@@ -490,17 +459,15 @@ class Pipeline:
             images = torch.stack([test[i][0] for i in range(len(test))])
             results = {}
             for r, run in entries:
-                cfg = run["config"]
-                heads = sum(run["heads"])
-                torch.manual_seed(cfg["seed"])  # the trainer's initialisation
-                init = build_model(**r.as_dict(), num_classes=heads, backend=cfg["backend"]).eval()
-                trained = build_model(**r.as_dict(), num_classes=heads, backend=cfg["backend"])
-                load_checkpoint(trained, run["checkpoint"])
-                for label, model in (("initialisation", init), ("trained", trained.eval())):
+                config = dataclasses.replace(ModelConfig(**run["config"]["model"]), num_classes=sum(run["heads"]))
+                torch.manual_seed(run["config"]["seed"])  # the trainer's initialisation
+                init = create(config).eval()
+                trained = create(config, weights=run["checkpoint"]).eval()
+                for when, model in (("initialisation", init), ("trained", trained)):
                     block = len(model.layers[0].blocks) - 1
                     mixer = model.layers[0].blocks[block].op
                     features = captured_inputs(model, mixer, images, 0)
-                    results[f"{r.scan.upper()}, {label}"] = mixer_erf(
+                    results[f"{r.scan.upper()}, {when}"] = mixer_erf(
                         mixer, features, bar=False, method="autograd", name=f"layers.0.blocks.{block}.op",
                         inputs=f"features of {len(images)} {task} test images")
             return F.erf_figure(results, title=f"Per-route effective receptive fields of the last scan mixer of "
@@ -530,7 +497,7 @@ class Pipeline:
                 lines += [f"## {a.shows or a.path}", "", f"![{a.shows}]({a.path})", ""]
         for name in getattr(self, "tables", {}):
             lines += [f"## Table: {name}", "", (self.o.out / f"tables/{name}.md").read_text(), ""]
-        _write(self.o.out / "index.md", "\n".join(lines))
+        atomic_write_text(self.o.out / "index.md", "\n".join(lines))
 
     def run(self) -> dict:
         started, t0 = _now(), time.perf_counter()
@@ -568,12 +535,8 @@ class Pipeline:
             "failures": self.failures,
             "artifacts": [a.__dict__ for a in self.artifacts],
         }
-        _write(self.o.out / "manifest.json", json.dumps(manifest, indent=1, default=str))
+        atomic_write_text(self.o.out / "manifest.json", json.dumps(manifest, indent=1, default=str))
         return manifest
-
-
-def _write(path: Path, text: str):
-    atomic_write_text(path, text)
 
 
 def save_png(fig, path: Path):

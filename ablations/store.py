@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import subprocess
 import sys
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
+
+from evmamba.files import atomic_path, atomic_write_text
 
 # Part of every hash: bump it when a change to the code changes what an item computes.
 CODE_VERSION = 1
@@ -38,44 +37,6 @@ def _json_default(o):
 def config_hash(config) -> str:
     """16 hex digits of the SHA-256 of the canonical configuration (and CODE_VERSION)."""
     return hashlib.sha256(canonical({"v": CODE_VERSION, "config": config}).encode()).hexdigest()[:16]
-
-
-def _file_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-_FILE_MODE = _file_mode()
-
-
-@contextmanager
-def atomic_path(path):
-    """Yield a temporary path next to `path`; when the block ends without error, rename it onto `path`
-    (atomic on POSIX and Windows); on error, remove it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, _FILE_MODE)  # mkstemp makes the file private; a result file is as readable as any other
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path, text: str) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return Path(path)
-
-
-def atomic_write_bytes(path, data: bytes) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
 
 
 def save_figure(fig, path, **savefig_options) -> Path:
@@ -161,5 +122,5 @@ def device_description(device: str = "cpu") -> str:
     return f"CPU: {cpu_name()}"
 
 
-__all__ = ["CODE_VERSION", "ResultStore", "atomic_path", "atomic_write_bytes", "atomic_write_text", "canonical",
+__all__ = ["CODE_VERSION", "ResultStore", "atomic_path", "atomic_write_text", "canonical",
            "config_hash", "device_description", "file_digest", "git_revision", "package_versions", "save_figure"]

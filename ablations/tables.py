@@ -12,23 +12,32 @@ import math
 import numpy as np
 import pandas as pd
 
-from .config import Mode, Row, Table
+from evmamba.analysis.erf_maps import CONVENTIONS, ratio_label
+from evmamba.model import ModelConfig
+
+from .config import Mode, Table, design, matches, slug
 
 NOT_ON_DEVICE = "not measured on this device"
 FAILED = "failed (see manifest.json)"
 NO_PAPER_ROW = "no paper row"
-MARKERS = (NOT_ON_DEVICE, NO_PAPER_ROW, FAILED, "not run in --quick", "not run")
+NO_SQUARE = "none (no square holds that share)"  # RepLKNet's area ratio has no value
+MARKERS = (NOT_ON_DEVICE, NO_PAPER_ROW, FAILED, NO_SQUARE, "not run in --quick", "not run")
 ERF_TABLE_THRESHOLDS = ("0.2", "0.99")
 HEAD_TITLES = {"orientation": "texture (local)", "match": "markers (global)"}
 
 
-def _yes(v: bool) -> str:
-    return "yes" if v else "no"
+def row_columns(row: ModelConfig) -> dict:
+    """The design's columns, as the model shows its fields (ModelConfig.shown)."""
+    return row.shown()
 
 
-def row_columns(row: Row) -> dict:
-    return {"variant": row.variant, "scan": row.scan.upper(), "step p": row.step if row.scan == "es2d" else "-",
-            "conv branch": _yes(row.conv_branch), "gate": _yes(row.se), "stages": row.stages}
+def ratio_cell(value) -> str:
+    """An area ratio in percent, or why there is none (RepLKNet's convention may find no square)."""
+    return NO_SQUARE if value is None else f"{100 * value:.2f}"
+
+
+def erf_column(t: str, convention: str) -> str:
+    return f"ERF {ratio_label(float(t), convention)}, init (%)"
 
 
 def mean_std(values) -> str:
@@ -48,12 +57,11 @@ def accuracy_by_head(runs: list[dict]) -> dict:
     return out
 
 
-def _paper_top1(row: Row, table: Table, paper: dict):
+def _paper_top1(row: ModelConfig, table: Table, paper: dict):
     """(top-1, params, FLOPs) the paper gives for exactly this design in the table's context, else None."""
-    d = row.as_dict()
 
     def fits(spec):
-        return all(d.get(k) == v for k, v in spec.items())
+        return matches(row, spec)
 
     if table.name == "paper_table5":
         for p in paper.get("table5", []):
@@ -63,19 +71,18 @@ def _paper_top1(row: Row, table: Table, paper: dict):
         return None
     if table.name == "stage_layout":
         for p in paper.get("layouts", []):
-            if fits({**p["row"], "scan": "es2d", "step": 2, "conv_branch": True, "se": True}):
+            if fits({**p["row"], "scan": "es2d", "step": 2, "conv_branch": True, "gate": True}):
                 return p["top1"], None, p.get("flops_g"), paper["sources"][p["source"]].split(" (")[0]
         return None
-    released = Row(variant=row.variant)
-    if row == released:
+    if row == design(variant=row.variant):
         for p in paper.get("table2", []):
             if p.get("ours") == row.variant:
                 return p["top1"], p["params_m"], p["flops_g"], p["model"]
     return None
 
 
-def _authors_gpu(row: Row, paper: dict):
-    if not (row.conv_branch and row.se and row.stages == "released" and row.step == 2):
+def _authors_gpu(row: ModelConfig, paper: dict):
+    if row != design(variant=row.variant, scan=row.scan):  # the authors timed their released design only
         return None
     for p in paper.get("authors_gpu", []):
         if p["variant"] == row.variant and p["scan"] == row.scan:
@@ -92,7 +99,7 @@ def ablation_table(table: Table, results: dict, mode: Mode, paper: dict) -> pd.D
     heads = results.get("heads") or ["orientation", "match"]
     records = []
     for row in table.rows:
-        key = row.slug()
+        key = slug(row)
         rec = row_columns(row)
 
         def missing(kind, key=key):
@@ -114,8 +121,9 @@ def ablation_table(table: Table, results: dict, mode: Mode, paper: dict) -> pd.D
         memory = f"{mem['bytes'] / 2**20:.0f}" if mem else missing("memory")
         rec[f"train-step memory (MiB, batch {mb}, {size}²)"] = memory
         erf = results["erf"].get(key)
-        for t in ERF_TABLE_THRESHOLDS:
-            rec[f"ERF area at {t}, init (%)"] = f"{100 * erf['all'][t]:.2f}" if erf else missing("erf")
+        for convention in CONVENTIONS:
+            for t in ERF_TABLE_THRESHOLDS:
+                rec[erf_column(t, convention)] = ratio_cell(erf[convention]["all"][t]) if erf else missing("erf")
         runs = results["runs"].get(key)
         acc = accuracy_by_head(runs) if runs else {}
         for h in heads:
@@ -141,8 +149,9 @@ def erf_table(results: dict, mode: Mode) -> pd.DataFrame:
     for key, erf in results["erf"].items():
         row = results["rows"][key]
         rec = row_columns(row)
-        for t, v in erf["all"].items():
-            rec[f"area at {t} (%)"] = f"{100 * v:.2f}"
+        for convention in CONVENTIONS:
+            for t, v in erf[convention]["all"].items():
+                rec[f"{ratio_label(float(t), convention)} (%)"] = ratio_cell(v)
         rec["map"] = f"network to stage {erf['stage'] + 1}, {erf['size']}² input, {erf['inputs']} random images"
         records.append(rec)
     return pd.DataFrame.from_records(records)

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from evmamba.checks import integer
+
 # Marker colours (RGB in [0, 1]): saturated, far from each other and from any grey of the backgrounds.
 MARKER_COLOURS = {
     "red": (0.95, 0.1, 0.1),
@@ -83,12 +85,9 @@ class TaskData:
 def _check(name, count, size, seed):
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}: valid tasks are {', '.join(TASKS)}")
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"count must be a positive integer, got {count!r}")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 32:
-        raise ValueError(f"size must be an integer >= 32 (the network downsamples by 32), got {size!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    integer(count, "count", low=1)
+    integer(size, "size", low=32, note=" (the network downsamples by 32)")
+    integer(seed, "seed", low=0)
 
 
 def _rng(name: str, seed: int, index: int) -> np.random.Generator:
@@ -182,10 +181,5 @@ def make_task(name: str, count: int, size: int = 32, seed: int = 0, start: int =
     return TaskData(info, torch.from_numpy(images), torch.from_numpy(labels), seed, meta)
 
 
-def task_splits(name: str, train: int, test: int, size: int, seed: int) -> tuple[TaskData, TaskData]:
-    """A training set and a disjoint test set (different image indices of the same seeded stream)."""
-    return make_task(name, train, size, seed), make_task(name, test, size, seed, start=train)
-
-
 __all__ = ["HEAD_ABILITY", "MARKER_COLOURS", "MARKER_SIDE", "ORIENTATIONS", "TASKS", "TaskData", "TaskInfo",
-           "draw_image", "grating", "make_task", "place_markers", "task_splits"]
+           "draw_image", "grating", "make_task", "place_markers"]

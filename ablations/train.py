@@ -1,6 +1,6 @@
 """The trainer: one model on one dataset (a procedural task or an ImageFolder), on one process or many.
 
-    result = train(TrainConfig(data="texture", scan="ss2d", steps=200), "runs/ss2d-texture")
+    result = train(TrainConfig(ModelConfig(scan="ss2d"), data="texture", steps=200), "runs/ss2d-texture")
 
 AdamW (no weight decay on norms, biases and the scan's A_logs and Ds, as the authors), a linear warm-up
 then a cosine schedule per step, label smoothing, mixed precision on a GPU (bf16 where supported, else fp16
@@ -30,7 +30,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,24 +38,21 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from evmamba.checks import choice, integer
+from evmamba.files import atomic_write_text
+from evmamba.model import ModelConfig
+
+from .config import config_dict
 from .data import build_dataset, shard_batches
-from .store import atomic_write_text
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # the model (evmamba.build_model switches)
-    variant: str = "tiny"
-    scan: str = "es2d"
-    step: int = 2
-    conv_branch: bool = True
-    se: bool = True
-    stages: str | tuple = "released"
-    drop_path: float = 0.0
-    backend: str = "auto"
-    # the data: a task name (texture, markers) or an ImageFolder path
+    # the model (its num_classes is set from the data's label heads)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    # the data: a task name (texture, markers, ...) or an ImageFolder path
     data: str = "texture"
     val_data: str | None = None
     image_size: int = 32
@@ -81,38 +78,35 @@ class TrainConfig:
     eval_batch_size: int = 128
 
     def validate(self) -> TrainConfig:
-        from evmamba.model import ModelConfig
-        ModelConfig(variant=self.variant, scan=self.scan, step=self.step, conv_branch=self.conv_branch, se=self.se,
-                    stages=self.stages, drop_path=self.drop_path, backend=self.backend).validate()
+        if not isinstance(self.model, ModelConfig):
+            raise ValueError(f"model must be an evmamba.ModelConfig, got {type(self.model).__name__}")
+        model = self.model.validate()
         if (self.steps is None) == (self.epochs is None):
             raise ValueError("give exactly one of steps (optimiser steps) and epochs (passes over the data)")
         for name in ("steps", "epochs"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+            if getattr(self, name) is not None:
+                integer(getattr(self, name), name, low=1)
         for name in ("batch_size", "image_size", "train_images", "test_images", "eval_batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+            integer(getattr(self, name), name, low=1)
         for name in ("warmup_steps", "save_every", "workers", "seed", "bn_batches"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+            integer(getattr(self, name), name, low=0)
         if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr!r}, min_lr={self.min_lr!r}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1) (0 turns EMA off), got {self.ema_decay!r}")
-        if self.amp not in AMP_MODES:
-            raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
-        return self
+        choice(self.amp, "amp", AMP_MODES, plural="amp modes")
+        return dataclasses.replace(self, model=model)
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        if isinstance(d["stages"], tuple):
-            d["stages"] = list(d["stages"])
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["model"] = config_dict(self.model)
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        return cls(**{**d, "model": ModelConfig(**d["model"])})
 
 
 # ---- processes ------------------------------------------------------------------------------------------
@@ -313,7 +307,7 @@ def train(config: TrainConfig, out_dir, *, resume: bool = True, device: str | No
     """
     from tqdm.auto import tqdm
 
-    from evmamba import build_model, save_checkpoint
+    from evmamba import create, save_checkpoint
 
     config = config.validate()
     out = Path(out_dir)
@@ -333,10 +327,8 @@ def train(config: TrainConfig, out_dir, *, resume: bool = True, device: str | No
                              f"{ddp.world} processes: lower batch_size or add images")
         total = config.steps or config.epochs * batches_per_epoch
 
-        torch.manual_seed(config.seed)
-        model = build_model(config.variant, scan=config.scan, step=config.step, conv_branch=config.conv_branch,
-                            se=config.se, stages=config.stages, num_classes=sum(heads),
-                            drop_path=config.drop_path, backend=config.backend).to(ddp.device)
+        torch.manual_seed(config.seed)  # the initial weights, and the random state stochastic depth draws from
+        model = create(dataclasses.replace(config.model, num_classes=sum(heads))).to(ddp.device)
         if ddp.world > 1 and ddp.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
@@ -377,7 +369,7 @@ def train(config: TrainConfig, out_dir, *, resume: bool = True, device: str | No
                 save_checkpoint(model, last, extra=extra)
             ddp.barrier()
 
-        desc = f"{config.variant} {config.scan} {config.data} seed {config.seed}"
+        desc = f"{config.model.variant} {config.model.scan} {config.data} seed {config.seed}"
         net.train()
         with tqdm(total=total, initial=step, desc=desc, leave=False, disable=not (bar and ddp.main)) as pbar:
             while step < total:

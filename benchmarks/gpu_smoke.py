@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from evmamba.agreement import rel_err
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -46,17 +48,12 @@ def check(name):
     return wrap
 
 
-def rel(a, b) -> float:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
-
-
 def both(make, device):
     """make(model) on the CPU and on `device`, for the same seeded tiny model."""
-    from evmamba.analysis.erf import seeded_model
+    from evmamba import build_model
     out = []
     for d in ("cpu", device):
-        model = seeded_model("tiny", seed=0).to(d).eval()
+        model = build_model("tiny", seed=0).to(d).eval()
         out.append(make(model))
     return out
 
@@ -65,7 +62,7 @@ def both(make, device):
 def erf_check(device):
     from evmamba.analysis.erf import effective_receptive_fields
     cpu, dev = both(lambda m: effective_receptive_fields(m, "stage", stage=0, num_inputs=2, bar=False), device)
-    errs = [rel(b.contribution, a.contribution) for a, b in zip(cpu.all(), dev.all())]
+    errs = [rel_err(b.contribution, a.contribution) for a, b in zip(cpu.all(), dev.all())]
     assert max(errs) < 1e-3, errs
     return f"max relative error {max(errs):.1e}"
 
@@ -74,7 +71,7 @@ def erf_check(device):
 def attention_check(device):
     from evmamba.analysis.hidden_attention import model_hidden_attention
     cpu, dev = both(lambda m: model_hidden_attention(m, "chelsea", reduce="mean", bar=False), device)
-    errs = [rel(b.matrix, a.matrix) for a, b in zip(cpu, dev)]
+    errs = [rel_err(b.matrix, a.matrix) for a, b in zip(cpu, dev)]
     assert max(errs) < 1e-3, errs
     return f"max relative error {max(errs):.1e}"
 
@@ -84,9 +81,9 @@ def attribution_check(device):
     from evmamba.analysis.attribution import attributions, route_contributions
     cpu, dev = both(lambda m: (attributions(m, "chelsea", methods=("saliency",), bar=False),
                                route_contributions(m, "chelsea", bar=False)), device)
-    e1 = rel(dev[0].maps["saliency"], cpu[0].maps["saliency"])
+    e1 = rel_err(dev[0].maps["saliency"], cpu[0].maps["saliency"])
     num = cpu[1].select_dtypes("number").columns
-    e2 = rel(dev[1][num].to_numpy(), cpu[1][num].to_numpy())
+    e2 = rel_err(dev[1][num].to_numpy(), cpu[1][num].to_numpy())
     assert e1 < 1e-3 and e2 < 1e-3, (e1, e2)
     return f"saliency {e1:.1e}, contributions {e2:.1e}"
 

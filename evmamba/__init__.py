@@ -11,17 +11,11 @@
     fast = torch.compile(model)                            # then one graph around the kernel
     model.set_scan_precision("autocast")                   # bf16 scan inputs under autocast (default float32)
 """
-from .checkpoint import (
-    CheckpointError,
-    CheckpointMismatchError,
-    describe_checkpoint,
-    load_checkpoint,
-    model_from_checkpoint,
-    read_checkpoint,
-    save_checkpoint,
-)
+from .checkpoint import describe_checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
+from .errors import CheckpointError, CheckpointMismatchError
+from .factory import PRETRAINED, build_model, create, model_from_checkpoint
 from .imagenet import IMAGENET_MEAN, IMAGENET_STD, class_names, preprocess
-from .model import PRETRAINED, STAGE_LAYOUTS, VARIANTS, EfficientVMamba, ModelConfig, build_model, count_parameters
+from .model import STAGE_LAYOUTS, VARIANTS, EfficientVMamba, ModelConfig, Weights, count_parameters
 from .routes import SCANS, ScanRoutes, scan_routes
 from .scan import BACKENDS, selective_scan
 
@@ -36,6 +30,7 @@ def count_flops(model, image_size=224, batch_size: int = 1):
 
 
 __all__ = ["BACKENDS", "IMAGENET_MEAN", "IMAGENET_STD", "PRETRAINED", "SCANS", "STAGE_LAYOUTS", "VARIANTS",
-           "CheckpointError", "CheckpointMismatchError", "EfficientVMamba", "ModelConfig", "ScanRoutes", "build_model",
-           "class_names", "count_flops", "count_parameters", "describe_checkpoint", "load_checkpoint",
-           "model_from_checkpoint", "preprocess", "read_checkpoint", "save_checkpoint", "scan_routes", "selective_scan"]
+           "CheckpointError", "CheckpointMismatchError", "EfficientVMamba", "ModelConfig", "ScanRoutes", "Weights",
+           "build_model", "class_names", "count_flops", "count_parameters", "create", "describe_checkpoint",
+           "load_checkpoint", "model_from_checkpoint", "preprocess", "read_checkpoint", "save_checkpoint",
+           "scan_routes", "selective_scan"]

@@ -23,9 +23,9 @@ import torch
 FLOOR = 1e-3  # the scale below which a tensor's gradient is measured against the largest one's
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max |a - b| / max |b|: the relative error of a against the reference b (one tensor)."""
-    a, b = a.detach(), b.detach()
+def rel_err(a, b) -> float:
+    """max |a - b| / max |b|: the relative error of a against the reference b (one tensor or array)."""
+    a, b = (torch.as_tensor(t).detach().cpu() for t in (a, b))
     if a.shape != b.shape:
         raise ValueError(f"rel_err compares tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     diff = (a.double() - b.double()).abs().max() if a.numel() else torch.tensor(0.0)

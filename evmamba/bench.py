@@ -88,7 +88,7 @@ def scan_cases(lengths):
 
 
 def model_cases(variant="tiny", scans=("es2d",), size=224):
-    from .model import build_model
+    from .factory import build_model
     cases = {}
     x = torch.randn(1, 3, size, size)
     for scan in scans:
@@ -112,7 +112,7 @@ def model_cases(variant="tiny", scans=("es2d",), size=224):
 def compile_cases(batches=(1, 8), size=224, compiler: str = "inductor"):
     """Tiny ES2D forward, eager against torch.compile (torch backend), per batch size. `compiler` is
     torch.compile's backend: inductor is what is timed; the tests use aot_eager (no code generation)."""
-    from .model import build_model
+    from .factory import build_model
     model = build_model("tiny", backend="torch").eval()
     # one static graph per batch size, as a server would use
     compiled = torch.compile(model, dynamic=False, backend=compiler)

@@ -176,8 +176,10 @@ def _fmt(v, ref=None, digits=0):
 
 def table(report: dict) -> str:
     """The throughput rows as Markdown, the authors' H200 figures in brackets, and ratios to them."""
-    lines = [f"images/s at batch {report['batch']}, 224x224, on {report['device']} (medians); "
-             "authors' code measured on an NVIDIA H200 in brackets, then our ratio to it", "",
+    size = report.get("size", 224)
+    caveat = "" if size == 224 else f" (at 224x224: not comparable with these {size}x{size} rows)"
+    lines = [f"images/s at batch {report['batch']}, {size}x{size}, on {report['device']} (medians); "
+             f"authors' code measured on an NVIDIA H200 in brackets{caveat}, then our ratio to it", "",
              "| model | scan | mode | inference fp32 | inference bf16 | train step bf16 | peak GiB | "
              "bf16 inference ratio | train ratio |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -199,6 +201,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m evmamba.bench_gpu", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda")
     p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--size", type=int, default=224, help="input resolution of the timed rows (default 224)")
     p.add_argument("--variants", nargs="+", default=["tiny", "small", "base"])
     p.add_argument("--scans", nargs="+", default=["es2d", "ss2d"])
     p.add_argument("--modes", nargs="+", default=["eager", "compiled", "compiled-bf16"], choices=list(MODES),
@@ -219,7 +222,8 @@ def main(argv=None):
           f"auto picks {resolve_backend('auto', device)!r}", flush=True)
 
     start = time.perf_counter()
-    report = {"device": name, "torch": torch.__version__, "batch": args.batch, "checks": [], "throughput": [],
+    report = {"device": name, "torch": torch.__version__, "batch": args.batch, "size": args.size, "checks": [],
+              "throughput": [],
               "not_timed": []}
 
     def save():
@@ -240,7 +244,8 @@ def main(argv=None):
                     _print_check(r)
             save()
     if not args.skip_check and any(m != "eager" for m in args.modes):  # the compiled graph, once
-        r = check_compiled(args.variants[0], args.scans[0], device, compiler=args.check_compiler)
+        r = check_compiled(args.variants[0], args.scans[0], device, size=min(args.size, 64),
+                           compiler=args.check_compiler)
         report["checks"].append(r)
         _print_check(r, " compiled vs eager")
         save()
@@ -255,7 +260,7 @@ def main(argv=None):
             print(f"not timed (past the {args.budget:.0f} s budget): {v} {s} {mode}", flush=True)
             continue
         t = time.perf_counter()
-        r = throughput(v, s, device, args.batch, warmup=warmup, runs=runs, mode=mode)
+        r = throughput(v, s, device, args.batch, size=args.size, warmup=warmup, runs=runs, mode=mode)
         r["seconds"] = round(time.perf_counter() - t, 1)
         if device.type == "cuda":
             torch.cuda.empty_cache()  # the row's model and compiled code are gone: give their memory back

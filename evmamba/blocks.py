@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import probes
 from .mixer import SelectiveScan2D
 
 
@@ -49,7 +50,8 @@ def channels_first():
 
 
 class ChannelGate(nn.Module):
-    """The EVSS block's channel gate (`se`): t * sigmoid(W2 GELU(W1 mean_hw(LayerNorm(t)))), reduction 8."""
+    """The EVSS block's channel gate: t * sigmoid(W2 GELU(W1 mean_hw(LayerNorm(t)))), reduction 8 (the authors
+    call it `se`, which stays its checkpoint key)."""
 
     def __init__(self, dim: int, ratio: float = 0.125):
         super().__init__()
@@ -67,28 +69,35 @@ class ChannelGate(nn.Module):
 class EVSSBlock(nn.Module):
     """x + gate(mixer(LN(x))) + gate(conv_branch(LN(x))), one gate shared by both branches.
 
-    conv_branch=False drops the local branch; se=False drops the gate (both branches added as they are)."""
+    conv_branch=False drops the local branch; gate=False drops the gate (both branches added as they are)."""
 
     def __init__(self, dim: int, drop_path: float = 0.0, scan: str = "es2d", step: int = 2,
-                 conv_branch: bool = True, se: bool = True, backend: str = "auto"):
+                 conv_branch: bool = True, gate: bool = True, backend: str = "auto"):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.op = SelectiveScan2D(dim, scan=scan, step=step, backend=backend)
         self.conv_branch = nn.Sequential(
             nn.Conv2d(dim, dim, 3, padding=1, groups=dim), nn.BatchNorm2d(dim), nn.GELU(), nn.Conv2d(dim, dim, 1),
         ) if conv_branch else None
-        self.se = ChannelGate(dim) if se else None
+        self.se = ChannelGate(dim) if gate else None  # the channel gate; `se` is the authors' checkpoint key
         self.drop_path = DropPath(drop_path)
 
-    def gate(self, t):
+    @property
+    def channel_gate(self) -> ChannelGate | None:
+        return self.se
+
+    def gated(self, t):
         return t if self.se is None else self.se(t)
 
     def forward(self, x):  # (B, H, W, C)
+        probe = probes.active()  # None but inside an analysis
+        if probe is not None:
+            probe.record(self, "input", x)
         n = self.norm(x)
-        out = x + self.drop_path(self.gate(self.op(n)))
+        out = x + self.drop_path(self.gated(self.op(n)))
         if self.conv_branch is not None:
             local = self.conv_branch(n.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-            out = out + self.drop_path(self.gate(local))
+            out = out + self.drop_path(self.gated(local))
         return out
 
 

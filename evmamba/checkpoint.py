@@ -16,7 +16,6 @@ import dataclasses
 import json
 import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,18 +23,15 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .errors import CheckpointError, CheckpointMismatchError
+from .files import atomic_path
+from .hub import resolve
+from .model import STAGE_KINDS, VARIANTS, EfficientVMamba, ModelConfig
+
 WRAPPER_KEYS = ("model", "state_dict", "model_ema", "state_dict_ema")
 PREFIXES = ("module.", "backbone.")
 CONFIG_KEY = "evmamba"
 SHOW = 4  # how many keys of each kind an error message names
-
-
-class CheckpointError(ValueError):
-    """A file or object that is not a usable EfficientVMamba checkpoint."""
-
-
-class CheckpointMismatchError(CheckpointError):
-    """A checkpoint whose keys or shapes do not fit the model."""
 
 
 @dataclass
@@ -135,15 +131,14 @@ def normalise_state_dict(obj) -> tuple[dict, str | None]:
     return out, wrapper
 
 
-def read_checkpoint(source) -> Checkpoint:
-    """A `Checkpoint` from a file path, a Hub name (`hf:OWNER/REPO[/FILE]`, see evmamba.hub), a loaded object
-    (dict, state dict, module) or a Checkpoint."""
+def read_checkpoint(source, *, max_bytes: int | None = None) -> Checkpoint:
+    """A `Checkpoint` from a file path, a Hub name (`hf:OWNER/REPO[/FILE]`, see evmamba.hub; a file larger
+    than `max_bytes` is not downloaded), a loaded object (dict, state dict, module) or a Checkpoint."""
     if isinstance(source, Checkpoint):
         return source
     config, notes = None, []
     if isinstance(source, str) and source.startswith("hf:"):
-        from .hub import resolve
-        found = resolve(source)  # downloads (or finds in the cache) the file; says which file it chose
+        found = resolve(source, max_bytes=max_bytes)  # downloads or finds in the cache; says which file
         obj, config = _read_file(found.path)
         name, notes = str(found.name), list(found.notes)
     elif isinstance(source, (str, os.PathLike)):
@@ -154,6 +149,8 @@ def read_checkpoint(source) -> Checkpoint:
         obj, name = source, "<object>"
     if config is None and isinstance(obj, Mapping) and isinstance(obj.get(CONFIG_KEY), Mapping):
         config = dict(obj[CONFIG_KEY])
+    if config is not None and "se" in config:  # files written before the gate had its own name
+        config["gate"] = config.pop("se")
     sd, wrapper = normalise_state_dict(obj)
     return Checkpoint(sd, name, wrapper, config, notes)
 
@@ -164,7 +161,6 @@ def describe_checkpoint(source) -> dict:
 
     Returns a dict of build_model keyword arguments plus "variant"; "scan" is absent when the file cannot
     tell ES2D at step 2 from SS2D (same parameters). Raises CheckpointError when it is not this model."""
-    from .model import STAGE_KINDS, VARIANTS
     ckpt = read_checkpoint(source)
     if ckpt.config:
         return dict(ckpt.config)
@@ -204,7 +200,7 @@ def describe_checkpoint(source) -> dict:
         if step != 2:
             out.update(scan="es2d", step=step)
         out["conv_branch"] = any(".conv_branch." in k for k in sd)
-        out["se"] = any(".se.global_reduce." in k for k in sd)
+        out["gate"] = any(".se.global_reduce." in k for k in sd)
     head = sd.get("classifier.head.weight")
     out["num_classes"] = head.shape[0] if head is not None else 0
     assert set(stages) <= set(STAGE_KINDS)
@@ -212,20 +208,15 @@ def describe_checkpoint(source) -> dict:
 
 
 def _call(options: dict, keep=()) -> str:
-    """A build_model(...) call for `options`, leaving out options at their defaults (except `keep`)."""
-    from .model import ModelConfig
-    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
-    args = [repr(options.get("variant", "tiny"))]
-    args += [f"{k}={v!r}" for k, v in options.items()
-             if k != "variant" and (k in keep or k not in defaults or v != defaults[k])]
-    return f"build_model({', '.join(args)})"
+    """A build_model(...) call for `options` (a variant and build_model options), defaults left out."""
+    return ModelConfig(**options).call(keep)
 
 
 def _model_options(model) -> dict:
-    cfg = getattr(model, "config", None)
-    if cfg is None:
+    """The structural options of an EfficientVMamba (not the backend or stochastic depth), for files."""
+    if not isinstance(model, EfficientVMamba):
         return {}
-    d = dataclasses.asdict(cfg)
+    d = dataclasses.asdict(model.config)
     d.pop("backend", None)
     d.pop("drop_path", None)
     return d
@@ -280,28 +271,12 @@ def load_checkpoint(model: nn.Module, source, strict: bool = True) -> LoadReport
     bad = {m[0] for m in mismatched}
     sd = {k: v for k, v in ckpt.state_dict.items() if k not in bad and k not in unexpected}
     model.load_state_dict(sd, strict=False)
-    model.checkpoint_source = ckpt.source  # analyses tell trained weights from a random initialisation by it
+    if isinstance(model, EfficientVMamba):
+        model.weights = dataclasses.replace(model.weights, source=ckpt.source, seed=None)
     if not report.ok:
         import logging
         logging.getLogger("evmamba").warning(_mismatch_message(model, report).replace("does not fit", "partly fits"))
     return report
-
-
-def model_from_checkpoint(source, **overrides):
-    """Build the model a checkpoint fits (see describe_checkpoint) and load it strictly.
-    Keyword arguments override the inferred build_model options (e.g. scan="ss2d", backend="torch")."""
-    from .model import build_model
-    ckpt = read_checkpoint(source)
-    options = {**describe_checkpoint(ckpt), **overrides}
-    model = build_model(options.pop("variant"), **options)
-    load_checkpoint(model, ckpt)
-    return model
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def save_checkpoint(model: nn.Module, path, extra: dict | None = None) -> Path:
@@ -310,22 +285,14 @@ def save_checkpoint(model: nn.Module, path, extra: dict | None = None) -> Path:
     .safetensors: the tensors, with the build options as JSON metadata. Otherwise a PyTorch file
     {"model": state_dict, "evmamba": build options, **extra} that the authors' code also reads."""
     path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     options = _model_options(model)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
             meta = {CONFIG_KEY: json.dumps(options)} if options else None
-            save_file(sd, tmp, metadata=meta)
+            save_file(sd, str(tmp), metadata=meta)
         else:
             obj = {"model": sd, **({CONFIG_KEY: options} if options else {}), **(extra or {})}
             torch.save(obj, tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

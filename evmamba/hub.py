@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import CheckpointError
+from .errors import CheckpointError
 
 log = logging.getLogger("evmamba")
 
@@ -205,6 +205,15 @@ def _download(name: HubName, cache_dir: str | None, endpoint: str | None, timeou
                            endpoint=endpoint, etag_timeout=timeout, local_files_only=local_files_only, **extra)
 
 
+def _remote_size(name: HubName, endpoint: str | None, timeout: float) -> int | None:
+    """The file's size in bytes as the Hub reports it (None when it says nothing), unless it is cached."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    if isinstance(try_to_load_from_cache(name.repo_id, name.filename, revision=name.revision), str):
+        return None  # already here: nothing to download
+    url = hf_hub_url(name.repo_id, name.filename, revision=name.revision, endpoint=endpoint)
+    return get_hf_file_metadata(url, timeout=timeout).size
+
+
 def _progress_class(progress):
     """A tqdm class that also reports (fraction done, message) to `progress`."""
     from huggingface_hub.utils import tqdm as hub_tqdm
@@ -226,12 +235,14 @@ def _progress_class(progress):
     return Reporting
 
 
-def resolve(source: str, *, cache_dir=None, timeout: float | None = None, progress=None) -> Resolved:
+def resolve(source: str, *, cache_dir=None, timeout: float | None = None, progress=None,
+            max_bytes: int | None = None) -> Resolved:
     """Download (or find in the cache) the checkpoint a Hub name points at; a CheckpointError says why not.
 
     cache_dir: the huggingface_hub cache (default: HF_HUB_CACHE, else huggingface_hub's default).
     timeout: seconds allowed for each Hub request (default: TIMEOUT, else HF_HUB_ETAG_TIMEOUT).
-    progress: optional callable(fraction, message) called while the file downloads."""
+    progress: optional callable(fraction, message) called while the file downloads.
+    max_bytes: refuse to download a file larger than this (its size asked of the Hub first)."""
     name = parse_hub_name(source)
     if importlib.util.find_spec("huggingface_hub") is None:
         raise CheckpointError(f"reading {name} needs the huggingface_hub package: pip install huggingface_hub, "
@@ -273,6 +284,11 @@ def resolve(source: str, *, cache_dir=None, timeout: float | None = None, progre
         raise CheckpointError(f"{name}: the repository has no file {name.filename!r}; its checkpoint files are: "
                               f"{', '.join(checkpoints[:8]) or 'none'}")
 
+    if online and max_bytes is not None:
+        size = _remote_size(name, endpoint, timeout)
+        if size is not None and size > max_bytes:
+            raise CheckpointError(f"{name} is {size / 2**20:.0f} MB, more than this server downloads "
+                                  f"({max_bytes / 2**20:.0f} MB)")
     try:
         path = _download(name, cache_dir, endpoint, timeout, not online, progress)
     except Exception as e:  # noqa: BLE001 - sorted just below

@@ -17,6 +17,8 @@ from importlib import resources
 
 import torch
 
+from .checks import integer
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_PCT = 0.875  # evaluation: resize to size / CROP_PCT, then centre-crop to size (224 -> 256 -> 224)
@@ -107,15 +109,18 @@ def _to_channels(image) -> tuple[list, str]:
     return [Image.fromarray(np.ascontiguousarray(a[:, :, c])) for c in range(3)], "F"
 
 
-def _preprocess_one(image, size: int) -> torch.Tensor:
+def _preprocess_one(image, size: int, crop: bool = True) -> torch.Tensor:
     import numpy as np
     from PIL import Image
     bands, mode = _to_channels(image)
     w, h = bands[0].size
-    rh, rw = _resized_shape(h, w, int(size / CROP_PCT))
-    if rh < size or rw < size:  # cannot happen for CROP_PCT < 1; kept so a change of CROP_PCT fails loudly
-        raise ValueError(f"resized image {rh}x{rw} is smaller than the crop {size}")
-    top, left = int(round((rh - size) / 2.0)), int(round((rw - size) / 2.0))
+    if crop:
+        rh, rw = _resized_shape(h, w, int(size / CROP_PCT))
+        if rh < size or rw < size:  # cannot happen for CROP_PCT < 1; kept so a change of CROP_PCT fails loudly
+            raise ValueError(f"resized image {rh}x{rw} is smaller than the crop {size}")
+        top, left = int(round((rh - size) / 2.0)), int(round((rw - size) / 2.0))
+    else:
+        rh, rw, top, left = size, size, 0, 0
     planes = []
     for band in bands:
         band = band.resize((rw, rh), Image.BICUBIC)  # PIL returns a copy when the size already matches
@@ -129,20 +134,29 @@ def _preprocess_one(image, size: int) -> torch.Tensor:
     return (x - mean) / std
 
 
+def _batch(image, size, crop) -> torch.Tensor:
+    size = integer(size, "size", low=1)
+    if isinstance(image, (list, tuple)):
+        if not image:
+            raise ValueError("preprocess got an empty list of images")
+        return torch.cat([_batch(im, size, crop) for im in image])
+    return _preprocess_one(image, size, crop)[None]
+
+
 def preprocess(image, size: int = 224) -> torch.Tensor:
     """A float32 batch (1, 3, size, size) for the released ImageNet-1K models, from one image.
 
     image: a PIL image (any mode; converted to RGB) or a numpy array H x W, H x W x 3 or H x W x 4
     (alpha dropped), uint8 in 0-255 or float in [0, 1]. A list or tuple of images gives (N, 3, size, size).
     """
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive integer, got {size!r}")
-    if isinstance(image, (list, tuple)):
-        if not image:
-            raise ValueError("preprocess got an empty list of images")
-        return torch.cat([preprocess(im, size) for im in image])
-    return _preprocess_one(image, size)[None]
+    return _batch(image, size, crop=True)
+
+
+def stretched(image, size: int = 1024) -> torch.Tensor:
+    """As `preprocess`, but the whole image resized to size×size (bicubic, no crop), then normalised:
+    RepLKNet's transform for receptive-field maps (`transforms.Resize((size, size), BICUBIC)`)."""
+    return _batch(image, size, crop=False)
 
 
 __all__ = ["CROP_PCT", "IMAGENET_MEAN", "IMAGENET_STD", "NUM_CLASSES", "class_descriptions", "class_names",
-           "preprocess", "synset_ids", "top_k"]
+           "preprocess", "stretched", "synset_ids", "top_k"]

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import probes
 from .routes import RouteTables, cross_merge, cross_scan, num_routes, route_tables, scan_routes
 from .scan import check_backend, selective_scan
 from .scan.common import compute_dtype
@@ -29,7 +30,6 @@ class SelectiveScan2D(nn.Module):
         self.d_state = n = d_state
         self.dt_rank = r = math.ceil(dim / 16)
         self.num_routes = k = num_routes(scan, step)
-        self.keep_routes = None  # optional (K,) mask: analyses keep only some routes' outputs in the merge
         # "float32": the scan's inputs are cast to float32 at least, as the authors do. "autocast": under
         # autocast they stay bfloat16/float16 (half the memory traffic and saved activations); the scan
         # still computes in float32 and returns that dtype. Identical outside autocast.
@@ -95,23 +95,33 @@ class SelectiveScan2D(nn.Module):
         """(A, D, delta_bias) as the scan takes them: A = -exp(A_logs)."""
         return (-torch.exp(self.A_logs.to(dtype)), self.Ds.to(dtype), self.dt_projs_bias.reshape(-1).to(dtype))
 
-    def merge(self, y: torch.Tensor, t: RouteTables) -> torch.Tensor:
-        """Cross-merge the scan output y (B, K·d, L) to (B, d, H, W), a view of channels-last memory."""
+    def merge(self, y: torch.Tensor, t: RouteTables, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-merge the scan output y (B, K·d, L) to (B, d, H, W), a view of channels-last memory;
+        `weights` (K,) scale each route's outputs (an analysis's probe keeps or drops routes with them)."""
         y = y.reshape(y.shape[0], t.num_routes, self.d_inner, t.length).permute(1, 2, 0, 3)  # (K, d, B, L)
-        return cross_merge(y, t, keep=self.keep_routes).permute(0, 3, 1, 2)
+        return cross_merge(y, t, keep=weights).permute(0, 3, 1, 2)
 
-    def scan_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Cross-scan, selective scan, cross-merge: (B, d, H, W) -> (B, d, H, W)."""
+    def scan_map(self, x: torch.Tensor, probe: probes.Probe | None = None) -> torch.Tensor:
+        """Cross-scan, selective scan, cross-merge: (B, d, H, W) -> (B, d, H, W). An analysis's `probe` may
+        replace the whole map or weight the routes in the merge (see evmamba.probes)."""
+        replaced = probe.scan_for(self) if probe is not None else None
+        if replaced is not None:
+            return replaced(self, x)
         t = self.tables(x.shape[2], x.shape[3], x.device)
         u, dt, Bs, Cs = self._projections(x, t)
         A, D, bias = self.ssm_parameters(u.dtype)
         y = selective_scan(u, dt, A, Bs, Cs, D, delta_bias=bias, delta_softplus=True, backend=self.backend)
-        return self.merge(y, t)
+        return self.merge(y, t, probe.weights_for(self) if probe is not None else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C) -> (B, H, W, C)
+        probe = probes.active()  # None but inside an analysis
+        if probe is not None:
+            probe.record(self, "input", x)
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))
-        y = self.scan_map(x).permute(0, 2, 3, 1)  # channels-last: contiguous after the merge
+        if probe is not None:
+            probe.record(self, "scan_input", x)
+        y = self.scan_map(x, probe).permute(0, 2, 3, 1)  # channels-last: contiguous after the merge
         # under autocast the norm's float32 output is cast to the gate's dtype before the product, so the
         # product saves a bfloat16 copy for backward (out_proj would cast it there anyway); a no-op otherwise
         return self.out_proj(self.out_norm(y).to(z.dtype) * F.silu(z))

@@ -1,21 +1,25 @@
-"""EfficientVMamba (arXiv 2403.09977): the network, its variants as a table, and `build_model`.
+"""EfficientVMamba (arXiv 2403.09977): the network, its variants as a table, and its configuration.
 
     patch_embed   4x4 conv stride 4, LayerNorm                     H/4 x W/4
     layers.0..3   stages of EVSS or inverted-residual blocks, patch merging between stages
     classifier    LayerNorm, global average pool, Linear
 
 The released design uses EVSS blocks in stages 1-2 and inverted-residual blocks in stages 3-4 with the
-ES2D scan at step 2; every one of those choices is a switch of `build_model`.
+ES2D scan at step 2; every one of those choices is a field of `ModelConfig`, the one description of a
+model that the factory (`evmamba.build_model`), the checkpoints, the ablation grid, the trainer and the app
+all read. Adding a switch means adding a field here (and using it in the network).
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 
 from .blocks import EVSSStage, IRStage, channels_last
+from .checks import choice, flag, integer
 from .routes import SCANS, check_scan
 from .scan import check_backend
 
@@ -39,15 +43,39 @@ MIN_INPUT = 32  # the network downsamples by 32
 
 @dataclass(frozen=True)
 class ModelConfig:
-    variant: str = "tiny"
-    scan: str = "es2d"
-    step: int = 2
-    conv_branch: bool = True
-    se: bool = True
-    stages: tuple = STAGE_LAYOUTS["released"]
-    num_classes: int = 1000
-    drop_path: float = 0.0
-    backend: str = "auto"
+    """Everything that decides a model's structure. Each field's metadata says what it is ("doc"), the table
+    column that shows it ("column": the design fields), and its valid values where they are a list
+    ("choices") or a range ("range"). Consumers (the factory, the ablation grid, the trainer's command line,
+    the app's model panel) iterate `dataclasses.fields`."""
+
+    variant: str = field(default="tiny", metadata={"doc": "tiny, small or base (widths and depths: VARIANTS)",
+                                                   "column": "variant", "choices": lambda: list(VARIANTS)})
+    scan: str = field(default="es2d", metadata={"doc": "es2d (atrous skip-sampled, the paper's) or ss2d "
+                                                       "(VMamba's four-way cross scan)", "column": "scan",
+                                                "choices": lambda: list(SCANS)})
+    step: int = field(default=2, metadata={"doc": "ES2D's skip step p: p² sub-maps, one route each (2: released)",
+                                           "column": "step p", "range": (1, 8)})
+    conv_branch: bool = field(default=True, metadata={"doc": "the EVSS block's depthwise-conv branch",
+                                                      "column": "conv branch"})
+    gate: bool = field(default=True, metadata={"doc": "the EVSS block's channel gate over both branches (the "
+                                                      "authors' `se`, its checkpoint keys)", "column": "gate"})
+    stages: tuple = field(default=STAGE_LAYOUTS["released"],
+                          metadata={"doc": "per stage evss or ir, or a layout name: " + ", ".join(STAGE_LAYOUTS),
+                                    "column": "stages", "choices": lambda: list(STAGE_LAYOUTS)})
+    num_classes: int = field(default=1000, metadata={"doc": "classifier outputs (0: no head, pooled features)"})
+    drop_path: float = field(default=0.0, metadata={"doc": "stochastic-depth rate, rising linearly to this value"})
+    backend: str = field(default="auto", metadata={"doc": "selective-scan backend: auto, reference, torch, "
+                                                          "mamba_ssm (see evmamba.scan)"})
+
+    @classmethod
+    def from_options(cls, what: str = "build_model", **options) -> ModelConfig:
+        """A validated config from keyword options, with a ValueError naming any option that is not a field."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in options if k not in names]
+        if unknown:
+            raise ValueError(f"unknown {what} option(s) {', '.join(map(repr, unknown))}: valid options are "
+                             f"{', '.join(n for n in names if n != 'variant')}")
+        return cls(**options).validate()
 
     @property
     def dims(self):
@@ -57,29 +85,97 @@ class ModelConfig:
     def depths(self):
         return VARIANTS[self.variant]["depths"]
 
+    @property
+    def layout_name(self) -> str:
+        """The stage layout's name ("released", ...), or its kinds joined by commas."""
+        stages = self.validate().stages
+        return next((n for n, s in STAGE_LAYOUTS.items() if s == stages), ",".join(stages))
+
     def validate(self) -> ModelConfig:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"unknown variant {self.variant!r}: valid variants are {', '.join(VARIANTS)}")
+        """This config with names resolved (a layout name becomes its tuple), or a ValueError naming the
+        field, its valid values and what was given."""
+        choice(self.variant, "variant", VARIANTS)
         check_scan(self.scan, self.step)
-        for name in ("conv_branch", "se"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        flag(self.conv_branch, "conv_branch")
+        flag(self.gate, "gate")
         stages = self.stages
         if isinstance(stages, str):
-            if stages not in STAGE_LAYOUTS:
-                raise ValueError(f"unknown stage layout {stages!r}: valid names are {', '.join(STAGE_LAYOUTS)}, "
-                                 f"or a tuple of four of {', '.join(STAGE_KINDS)}")
+            choice(stages, "stage layout", STAGE_LAYOUTS, plural="names",
+                   note=f", or a tuple of four of {', '.join(STAGE_KINDS)}")
             stages = STAGE_LAYOUTS[stages]
-        stages = tuple(stages)
+        try:
+            stages = tuple(stages)
+        except TypeError:
+            stages = ()
         if len(stages) != 4 or any(s not in STAGE_KINDS for s in stages):
             raise ValueError(f"stages must be four of {', '.join(STAGE_KINDS)} (one per stage) or one of "
                              f"{', '.join(STAGE_LAYOUTS)}; got {self.stages!r}")
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
-            raise ValueError(f"num_classes must be an integer >= 0 (0 for no head), got {self.num_classes!r}")
-        if not isinstance(self.drop_path, (int, float)) or not 0.0 <= self.drop_path < 1.0:
+        integer(self.num_classes, "num_classes", low=0, what="an integer >= 0", note=" (0 for no head)")
+        if isinstance(self.drop_path, bool) or not isinstance(self.drop_path, (int, float)) \
+                or not 0.0 <= self.drop_path < 1.0:
             raise ValueError(f"drop_path must be a number in [0, 1), got {self.drop_path!r}")
         check_backend(self.backend)
         return dataclasses.replace(self, stages=stages, drop_path=float(self.drop_path))
+
+    def applies(self, name: str) -> bool:
+        """Whether field `name` means anything for this design (ES2D's step does not for other scans)."""
+        return name != "step" or self.scan == "es2d"
+
+    def shown(self) -> dict:
+        """The design fields as a table shows them, {column: text}: the fields whose metadata names a column,
+        booleans as yes/no, the scan in capitals, the stage layout by name, "-" where a field does not apply."""
+        config = self.validate()
+        out = {}
+        for f in dataclasses.fields(config):
+            column = f.metadata.get("column")
+            if column is None:
+                continue
+            v = getattr(config, f.name)
+            if not config.applies(f.name):
+                text = "-"
+            elif isinstance(v, bool):
+                text = "yes" if v else "no"
+            elif f.name == "stages":
+                text = config.layout_name
+            elif f.name == "scan":
+                text = v.upper()
+            else:
+                text = v
+            out[column] = text
+        return out
+
+    def options(self, keep=()) -> dict:
+        """The fields that differ from the defaults (and those named in `keep`), as build_model options."""
+        default = ModelConfig()
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name in keep or getattr(self, f.name) != getattr(default, f.name)}
+
+    def call(self, keep=()) -> str:
+        """This config as a build_model(...) call, options at their defaults left out."""
+        options = self.options(keep)
+        options.pop("variant", None)
+        args = [repr(self.variant)] + [f"{k}={v!r}" for k, v in options.items()]
+        return f"build_model({', '.join(args)})"
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where a model's weights came from and what its outputs mean (`model.weights`)."""
+
+    source: str | None = None  # the checkpoint they were loaded from; None: initialised here
+    seed: int | None = None  # the seed of the initialisation, when known
+    class_names: tuple | None = None  # a name per output, when the weights were trained for named classes
+    preprocess: Callable | None = field(default=None, compare=False)  # image -> the batch the weights expect
+    task: str | None = None  # what they were trained on (e.g. "ImageNet-1K")
+
+    @property
+    def trained(self) -> bool:
+        return self.source is not None
+
+    def describe(self) -> str:
+        if self.source is None:
+            return "random weights" + (f" (seed {self.seed})" if self.seed is not None else "")
+        return f"weights from {self.source}" + (f", trained on {self.task}" if self.task else "")
 
 
 class Classifier(nn.Module):
@@ -98,6 +194,7 @@ class EfficientVMamba(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config = config.validate()
+        self.weights = Weights()  # set by the factory and by load_checkpoint
         dims, depths = config.dims, config.depths
         self.patch_embed = nn.Sequential(nn.Conv2d(3, dims[0], 4, stride=4), channels_last(), nn.LayerNorm(dims[0]))
         rates = torch.linspace(0, config.drop_path, sum(depths)).tolist()
@@ -107,7 +204,7 @@ class EfficientVMamba(nn.Module):
             downsample = i < len(dims) - 1
             if kind == "evss":
                 stage = EVSSStage(dim, depth, drop_paths, downsample, scan=config.scan, step=config.step,
-                                  conv_branch=config.conv_branch, se=config.se, backend=config.backend)
+                                  conv_branch=config.conv_branch, gate=config.gate, backend=config.backend)
             else:
                 stage = IRStage(dim, depth, drop_paths, downsample)
             self.layers.append(stage)
@@ -121,8 +218,7 @@ class EfficientVMamba(nn.Module):
 
     def mixers(self):
         """(name, SelectiveScan2D) for every scan mixer, in order."""
-        from .mixer import SelectiveScan2D
-        return [(n, m) for n, m in self.named_modules() if isinstance(m, SelectiveScan2D)]
+        return scan_mixers(self)
 
     def set_scan_backend(self, backend: str) -> EfficientVMamba:
         """Use `backend` (auto, reference, torch, mamba_ssm) for every selective scan in the model."""
@@ -136,8 +232,7 @@ class EfficientVMamba(nn.Module):
         """"float32" (default, as the authors): the selective scans' inputs are cast to float32 under
         autocast. "autocast": they stay in the autocast dtype (bfloat16/float16), halving the scans'
         memory traffic and saved activations; the scan still computes in float32."""
-        if precision not in SCAN_PRECISIONS:
-            raise ValueError(f"scan precision must be one of {', '.join(SCAN_PRECISIONS)}, got {precision!r}")
+        choice(precision, "scan precision", SCAN_PRECISIONS)
         for _, m in self.mixers():
             m.scan_precision = precision
         return self
@@ -179,6 +274,32 @@ class EfficientVMamba(nn.Module):
                 break
         return outs
 
+    def forward_to_stage(self, x, stage: int):
+        """Channels-last features at the end of stage `stage`'s blocks, before its downsample: the grid that
+        stage's scans read (for the last stage, which has no downsample, the final feature map)."""
+        stage = integer(stage, "stage", 0, len(self.layers) - 1)
+        self.check_input(x)
+        x = self.patch_embed(x)
+        for layer in self.layers[:stage]:
+            x = layer(x)
+        last = self.layers[stage]
+        if isinstance(last, EVSSStage):
+            return last.blocks(x)
+        for part in list(last)[:-1]:  # IRStage: to channels-first, blocks, to channels-last | downsample
+            x = part(x)
+        return x
+
+    def evss_block(self, stage: int, block: int):
+        """(name, block): EVSS block `block` of stage `stage`, or a ValueError naming the stages that have them."""
+        stage = integer(stage, "stage", 0, len(self.layers) - 1)
+        if self.config.stages[stage] != "evss":
+            evss = [i for i, k in enumerate(self.config.stages) if k == "evss"]
+            raise ValueError(f"stage {stage} is made of inverted-residual blocks and has no scan; choose an EVSS "
+                             f"stage ({', '.join(map(str, evss)) or 'this model has none'})")
+        blocks = self.layers[stage].blocks
+        block = integer(block, "block", 0, len(blocks) - 1, note=f" (stage {stage} has {len(blocks)} blocks)")
+        return f"layers.{stage}.blocks.{block}", blocks[block]
+
     def forward_features(self, x):
         """Channels-last features of the last stage, (B, H/32, W/32, C)."""
         return self.forward_stages(x)[-1]
@@ -197,83 +318,15 @@ def _init_weights(m):
         nn.init.zeros_(m.bias)
 
 
-def build_model(variant: str = "tiny", *, scan: str = "es2d", step: int = 2, conv_branch: bool = True,
-                se: bool = True, stages=STAGE_LAYOUTS["released"], num_classes: int = 1000,
-                drop_path: float = 0.0, backend: str = "auto", pretrained: bool = False,
-                **unknown) -> EfficientVMamba:
-    """EfficientVMamba-{tiny,small,base} with the paper's design choices as switches.
-
-    scan: "es2d" (atrous skip-sampled, the paper's) or "ss2d" (VMamba's four-way scan).
-    step: ES2D's skip step p (p² sub-maps, one route each); 2 is the released model.
-    conv_branch / se: the EVSS block's depthwise-conv branch and its channel gate.
-    stages: per stage "evss" or "ir", or a layout name: released, all-evss, ir-first, all-ir.
-    num_classes: classifier outputs (0: no head, the model returns pooled features).
-    drop_path: stochastic-depth rate, rising linearly over blocks to this value.
-    backend: selective-scan backend (auto, reference, torch, mamba_ssm); see evmamba.scan.
-    pretrained: load the authors' ImageNet-1K weights (PRETRAINED, downloaded once and cached; see
-        evmamba.hub) and set the model up for ImageNet use: eval mode, `model.class_names` (1000 names,
-        index = class id) and `model.preprocess` (evmamba.preprocess: image -> normalised batch). Only the
-        released design has trained weights, so any other scan/step/conv_branch/se/stages/num_classes
-        raises a ValueError. SS2D has the same parameter shapes but was not what the weights were trained
-        with; to study ES2D weights under SS2D, load them explicitly:
-        load_checkpoint(build_model(variant, scan="ss2d"), PRETRAINED[variant]).
-    """
-    if unknown:
-        valid = ", ".join(f.name for f in dataclasses.fields(ModelConfig) if f.name != "variant")
-        raise ValueError(f"unknown build_model option(s) {', '.join(map(repr, unknown))}: valid options are {valid}, "
-                         "pretrained")
-    if not isinstance(pretrained, bool):
-        raise ValueError(f"pretrained must be True or False, got {pretrained!r}")
-    config = ModelConfig(variant=variant, scan=scan, step=step, conv_branch=conv_branch, se=se, stages=stages,
-                         num_classes=num_classes, drop_path=drop_path, backend=backend)
-    if not pretrained:
-        return EfficientVMamba(config)
-    _check_pretrained(config.validate())
-    from .checkpoint import load_checkpoint, read_checkpoint
-    from .imagenet import class_names, preprocess
-    checkpoint = read_checkpoint(PRETRAINED[config.variant])  # fetched first: no network fails before building
-    model = EfficientVMamba(config)
-    load_checkpoint(model, checkpoint)  # strict: every key, every shape
-    model.eval()
-    model.class_names = class_names()
-    model.preprocess = preprocess
-    return model
-
-
-# The authors' ImageNet-1K checkpoints (the released design: ES2D at step 2, EVSS-EVSS-IR-IR, 1000 classes).
-PRETRAINED = {
-    "tiny": "hf:TerryPei/EfficientVMamba-Tiny",
-    "small": "hf:TerryPei/EfficientVMamba-Small",
-    "base": "hf:TerryPei/EfficientVMamba-Base",
-}
-
-
-def _check_pretrained(config: ModelConfig) -> None:
-    released = ModelConfig(variant=config.variant).validate()
-    if config.variant not in PRETRAINED:
-        raise ValueError(f"no pretrained weights for variant {config.variant!r}: they exist for "
-                         f"{', '.join(PRETRAINED)}")
-    differ = [f"{name}={getattr(config, name)!r}" for name in ("scan", "step", "conv_branch", "se", "stages",
-                                                                 "num_classes")
-              if getattr(config, name) != getattr(released, name)]
-    if differ:
-        hint = ""
-        if config.scan == "ss2d":
-            hint = (" (SS2D has the same parameters, so to run the ES2D-trained weights under SS2D load them "
-                    f"explicitly: load_checkpoint(build_model({config.variant!r}, scan='ss2d'), "
-                    f"{PRETRAINED[config.variant]!r}))")
-        elif config.num_classes != 1000:
-            hint = (" (to fine-tune on other classes, load the pretrained model and replace "
-                    "model.classifier.head with a new nn.Linear)")
-        verb = "changes" if len(differ) == 1 else "change"
-        raise ValueError(f"pretrained=True loads the released ImageNet-1K model, but {', '.join(differ)} {verb} "
-                         f"the design the weights were trained for{hint}: drop those options, or pass "
-                         "pretrained=False to build that model with fresh weights")
-
-
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["VARIANTS", "STAGE_LAYOUTS", "SCANS", "PRETRAINED", "ModelConfig", "EfficientVMamba", "build_model",
-           "count_parameters"]
+def scan_mixers(module: nn.Module) -> list:
+    """(name, SelectiveScan2D) for every selective-scan mixer in `module` (the module itself included)."""
+    from .mixer import SelectiveScan2D
+    return [(n, m) for n, m in module.named_modules() if isinstance(m, SelectiveScan2D)]
+
+
+__all__ = ["MIN_INPUT", "SCANS", "STAGE_KINDS", "STAGE_LAYOUTS", "VARIANTS", "EfficientVMamba", "ModelConfig",
+           "Weights", "count_parameters", "scan_mixers"]

@@ -178,15 +178,6 @@ class ScanRoutes:
         keep: optional (K,) mask or weights; route k's outputs are multiplied by keep[k] (0 drops it)."""
         return cross_merge(y, route_tables(self.scan, self.height, self.width, self.step, y.device), keep)
 
-    def gather(self, x: torch.Tensor) -> torch.Tensor:
-        """Cross-scan: (B, C, H, W) -> (B, K, C, L), route k's tokens in its reading order (a view of
-        `cross_scan`'s route-major result)."""
-        return self.cross_scan(x).permute(2, 0, 1, 3)
-
-    def scatter(self, y: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        """Cross-merge: (B, K, C, L) -> (B, C, H, W) (a view of `cross_merge`'s channels-last result)."""
-        return self.cross_merge(y.permute(1, 2, 0, 3), keep).permute(0, 3, 1, 2)
-
 
 @dataclass(frozen=True)
 class RouteTables:

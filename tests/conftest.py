@@ -33,7 +33,13 @@ def official_weights(manifest_path):
 
 
 @pytest.fixture(scope="session")
-def app_url():
+def weights_dir(tmp_path_factory):
+    """The folder the test server allows web users to load checkpoints from (--weights-dir)."""
+    return tmp_path_factory.mktemp("allowed-weights")
+
+
+@pytest.fixture(scope="session")
+def app_url(weights_dir):
     """The browser demo served once for the session, on a free local port."""
     import socket
     sys.path.insert(0, str(Path(__file__).parent.parent))
@@ -41,9 +47,16 @@ def app_url():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app.configure(app.parse_args(["--device", "cpu"]))
+    args = app.parse_args(["--device", "cpu", "--port", str(port), "--weights-dir", str(weights_dir)])
+    app.configure(args)
     demo = app.build_demo()
-    demo.queue(default_concurrency_limit=2, max_size=32)
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    app.launch(demo, args, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"
     demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    """A gradio_client Client of the test server (skips when gradio_client is not installed)."""
+    gradio_client = pytest.importorskip("gradio_client")
+    return gradio_client.Client(app_url, verbose=False)

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from ablations.browse import column_chart, filter_rows, load_tables, measure_row, numeric_columns, parse_value
+from evmamba import ModelConfig
 
 
 @pytest.fixture(scope="module")
@@ -17,10 +18,11 @@ def test_committed_results_load(tables):
 
 
 def test_filters(tables):
-    df = filter_rows(tables["scan_fusion"], variant="tiny", scan="ss2d", conv_branch=False, se="all")
+    df = filter_rows(tables["scan_fusion"], variant="tiny", scan="ss2d", conv_branch=False, gate="all")
     assert len(df) == 2 and set(df["scan"]) == {"SS2D"} and set(df["conv branch"]) == {"no"}
-    with pytest.raises(ValueError, match="unknown filter gate: filters are variant, scan"):
-        filter_rows(df, gate="yes")
+    assert len(filter_rows(df, gate=False)) == 1
+    with pytest.raises(ValueError, match="unknown filter colour: filters are variant, scan"):
+        filter_rows(df, colour="red")
 
 
 def test_cells_parse():
@@ -47,14 +49,13 @@ def test_missing_folder_says_how_to_make_it(tmp_path):
 
 def test_measure_row_fills_the_cost_columns():
     calls = []
-    row = measure_row({"variant": "tiny", "step": 3, "conv_branch": False},
-                      progress=lambda f, desc=None: calls.append(f))
+    row = measure_row(ModelConfig(step=3, conv_branch=False), progress=lambda f, desc=None: calls.append(f))
     assert isinstance(row, pd.DataFrame) and len(row) == 1
     r = row.iloc[0]
     assert (r["step p"], r["conv branch"]) == (3, "no")
     assert float(r["FLOPs (G, 224²)"]) == pytest.approx(0.784, abs=0.01)
     assert r["accuracy"] == "not trained here" and calls[0] == 0 and calls[-1] == 1.0
-    with pytest.raises(ValueError, match="unknown switch depth"):
+    with pytest.raises(ValueError, match="measure_row takes an evmamba.ModelConfig, got dict"):
         measure_row({"depth": 3})
     with pytest.raises(ValueError, match="unknown variant 'huge'"):
-        measure_row({"variant": "huge"})
+        measure_row(ModelConfig(variant="huge"))

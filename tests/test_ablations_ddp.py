@@ -11,6 +11,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from evmamba import ModelConfig
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -31,8 +33,8 @@ def _rank(rank: int, world: int, port: int, out: str, config: dict, results: str
          "history": result["history"]}))
 
 
-CONFIG = dict(variant="tiny", data="texture+markers", image_size=32, train_images=64, test_images=16,
-              batch_size=4, steps=3, backend="torch", lr=1e-3, drop_path=0.1)
+CONFIG = dict(model=ModelConfig(backend="torch", drop_path=0.1), data="texture+markers", image_size=32,
+              train_images=64, test_images=16, batch_size=4, steps=3, lr=1e-3)
 
 
 def test_two_processes_end_with_identical_weights(tmp_path):

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from ablations import tables as T
-from ablations.config import Row, expand_table, load_grid, load_paper_numbers
+from ablations.config import design, expand_table, load_grid, load_paper_numbers, slug
 from ablations.store import ResultStore, atomic_path, atomic_write_text, config_hash
 
 # ---- the grid ------------------------------------------------------------------------------------------
@@ -16,11 +16,12 @@ def test_the_shipped_grid_answers_the_papers_questions_and_ours():
     fusion = grid.tables["scan_fusion"].rows
     assert len(fusion) == 3 * 2 * 2 * 2
     tiny = [r for r in fusion if r.variant == "tiny"]
-    assert {(r.scan, r.conv_branch, r.se) for r in tiny} == {(s, c, g) for s in ("es2d", "ss2d")
+    assert {(r.scan, r.conv_branch, r.gate) for r in tiny} == {(s, c, g) for s in ("es2d", "ss2d")
                                                              for c in (True, False) for g in (True, False)}
     t5 = grid.tables["paper_table5"].rows
-    assert all(r.conv_branch == r.se for r in t5)  # fusion switched as one, as in the paper
-    assert {r.stages for r in grid.tables["stage_layout"].rows} == {"released", "all-evss", "ir-first", "all-ir"}
+    assert all(r.conv_branch == r.gate for r in t5)  # fusion switched as one, as in the paper
+    assert {r.layout_name for r in grid.tables["stage_layout"].rows} == {"released", "all-evss", "ir-first",
+                                                                          "all-ir"}
     steps = grid.tables["scan_step"].rows
     assert {r.step for r in steps if r.scan == "es2d"} == {2, 3, 4}
     assert [r.step for r in steps if r.scan == "ss2d"] == [2]  # SS2D has no step: one row
@@ -44,18 +45,19 @@ def test_grid_errors_name_the_problem(tmp_path):
 # ---- tables --------------------------------------------------------------------------------------------
 def _fake_results(grid, mode, trained_rows):
     rows = grid.rows()
-    cost = {r.slug(): {"params": 6_000_000, "flops": 800_000_000} for r in rows}
-    speed = {r.slug(): {"throughput": 10.0, "latency_ms": 90.0} for r in rows if mode.selects("speed", r)}
-    memory = {r.slug(): {"bytes": 100 * 2**20} for r in rows if mode.selects("memory", r)}
-    erf = {r.slug(): {"all": {"0.2": 0.01, "0.3": 0.02, "0.5": 0.05, "0.99": 0.4}, "stage": 1, "size": 224,
-                      "inputs": 2} for r in rows if mode.selects("erf", r)}
-    runs = {r.slug(): [{"head_names": ["orientation", "match"], "test": {"accuracy": [0.9 + s / 100, 0.5]}}
+    cost = {slug(r): {"params": 6_000_000, "flops": 800_000_000} for r in rows}
+    speed = {slug(r): {"throughput": 10.0, "latency_ms": 90.0} for r in rows if mode.selects("speed", r)}
+    memory = {slug(r): {"bytes": 100 * 2**20} for r in rows if mode.selects("memory", r)}
+    ratios = {"all": {"0.2": 0.01, "0.3": 0.02, "0.5": 0.05, "0.99": None}}  # None: RepLKNet's has no value
+    erf = {slug(r): {"replknet": ratios, "cell-centred": {"all": {**ratios["all"], "0.99": 0.4}}, "stage": 1,
+                     "size": 224, "inputs": 2} for r in rows if mode.selects("erf", r)}
+    runs = {slug(r): [{"head_names": ["orientation", "match"], "test": {"accuracy": [0.9 + s / 100, 0.5]}}
                        for s in range(3)] for r in trained_rows}
-    failed = Row(scan="ss2d", se=False)
-    speed.pop(failed.slug())
+    failed = design(scan="ss2d", gate=False)
+    speed.pop(slug(failed))
     return {"cost": cost, "speed": speed, "memory": memory, "erf": erf, "runs": runs, "scaling": {},
-            "rows": {r.slug(): r for r in rows}, "device_short": "CPU, 2 threads", "device_type": "cpu",
-            "heads": ["orientation", "match"], "failed": {"speed": {failed.slug()}}}
+            "rows": {slug(r): r for r in rows}, "device_short": "CPU, 2 threads", "device_type": "cpu",
+            "heads": ["orientation", "match"], "failed": {"speed": {slug(failed)}}}
 
 
 def test_tables_have_the_expected_rows_and_every_cell_filled_or_marked():
@@ -228,7 +230,7 @@ def test_second_run_reuses_every_item_and_file(quick_run, monkeypatch):
     def no_work(*args, **kwargs):
         raise AssertionError("an item was computed again")
 
-    monkeypatch.setattr(pipeline, "_work", no_work)
+    monkeypatch.setattr(pipeline, "run_item", no_work)
     monkeypatch.setattr("ablations.measure.speed", no_work)
     monkeypatch.setattr("ablations.measure.scaling", no_work)
     second = pipeline.run_all(options)

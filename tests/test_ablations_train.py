@@ -2,6 +2,7 @@
 ImageFolder data, the schedule, EMA and the configuration checks."""
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -9,9 +10,10 @@ import torch
 
 import evmamba
 from ablations.train import EMA, Interrupted, TrainConfig, learning_rate, parameter_groups, train, weights_digest
+from evmamba import ModelConfig
 
-SMALL = dict(variant="tiny", image_size=32, train_images=256, test_images=32, batch_size=8, backend="torch",
-             eval_batch_size=32)
+MODEL = ModelConfig(backend="torch")
+SMALL = dict(model=MODEL, image_size=32, train_images=256, test_images=32, batch_size=8, eval_batch_size=32)
 
 
 def test_loss_falls_on_a_tiny_run(tmp_path):
@@ -27,7 +29,8 @@ def test_loss_falls_on_a_tiny_run(tmp_path):
 
 
 def test_interrupted_run_resumes_to_the_same_state(tmp_path):
-    config = TrainConfig(**SMALL, data="texture+markers", steps=7, save_every=2, drop_path=0.1, ema_decay=0.9,
+    config = TrainConfig(**{**SMALL, "model": replace(MODEL, drop_path=0.1)}, data="texture+markers", steps=7,
+                         save_every=2, ema_decay=0.9,
                          lr=1e-3, warmup_steps=2, bn_batches=2)
     whole = train(config, tmp_path / "whole", bar=False)
 
@@ -56,7 +59,8 @@ def test_resume_refuses_another_configuration(tmp_path):
 
 
 def test_checkpoint_is_in_the_authors_format(tmp_path):
-    config = TrainConfig(**SMALL, data="texture+markers", scan="ss2d", conv_branch=False, steps=1)
+    config = TrainConfig(**{**SMALL, "model": replace(MODEL, scan="ss2d", conv_branch=False)},
+                         data="texture+markers", steps=1)
     train(config, tmp_path, bar=False)
     raw = torch.load(tmp_path / "final.pth", weights_only=True)
     assert set(raw) >= {"model"} and "layers.0.blocks.0.op.A_logs" in raw["model"]
@@ -127,7 +131,7 @@ def test_configuration_errors_say_what_to_do():
     with pytest.raises(ValueError, match="exactly one of steps"):
         TrainConfig(steps=3, epochs=2).validate()
     with pytest.raises(ValueError, match="unknown variant"):
-        TrainConfig(variant="huge", steps=1).validate()
+        TrainConfig(ModelConfig(variant="huge"), steps=1).validate()
     with pytest.raises(ValueError, match="amp=bf16 needs a GPU"):
         from ablations.train import amp_dtype
         amp_dtype("bf16", torch.device("cpu"))

@@ -8,13 +8,8 @@ import torch
 from PIL import Image
 
 gradio_client = pytest.importorskip("gradio_client")
-Client, handle_file = gradio_client.Client, gradio_client.handle_file
+handle_file = gradio_client.handle_file
 AppError = pytest.importorskip("gradio_client.exceptions").AppError
-
-
-@pytest.fixture(scope="module")
-def client(app_url):
-    return Client(app_url, verbose=False)
 
 
 def plotly_traces(plot):
@@ -56,7 +51,7 @@ def test_erf_defaults(client):
 
 
 def test_erf_per_route_positions_for_ss2d_mixer(client):
-    fig, table, info, _ = client.predict(scan="SS2D", level="mixer", stage=1, row=3, col=5, api_name="/erf")
+    fig, table, info, _ = client.predict(scan="ss2d", level="mixer", stage=1, row=3, col=5, api_name="/erf")
     rows = table["data"]
     assert len(rows) == 5 and all((r[2], r[3]) == (3, 5) for r in rows)
 
@@ -76,7 +71,7 @@ def test_hidden_attention_defaults(client):
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, weights_dir):
     d = tmp_path_factory.mktemp("inputs")
     (d / "notes.txt").write_text("hello")
     (d / "fake.png").write_text("hello")
@@ -84,8 +79,8 @@ def files(tmp_path_factory):
     Image.fromarray(np.full((40, 50, 4), 200, np.uint8)).save(d / "rgba.png")
     Image.fromarray(np.zeros((2500, 3000, 3), np.uint8)).save(d / "huge.png")
     import evmamba
-    torch.save({"model": evmamba.build_model("small").state_dict()}, d / "small.pth")
-    (d / "corrupt.pth").write_bytes(b"\x80\x02 not a checkpoint")
+    torch.save({"model": evmamba.build_model("small").state_dict()}, weights_dir / "small.pth")
+    (weights_dir / "corrupt.pth").write_bytes(b"\x80\x02 not a checkpoint")
     return d
 
 
@@ -94,27 +89,28 @@ BAD = [
     ("/partition", dict(height=4, width=4, step=6), "step 6 is larger than the 4x4 grid"),
     ("/partition", dict(upload="notes.txt"), "Invalid file type"),
     ("/partition", dict(upload="fake.png"), "cannot read fake.png as an image"),
-    ("/erf", dict(checkpoint="small.pth"), "this checkpoint is for EfficientVMamba-small, not the tiny model chosen: "
-                                           "pick variant 'small'"),
-    ("/erf", dict(checkpoint="corrupt.pth"), "is not a readable PyTorch checkpoint"),
-    ("/erf", dict(checkpoint="missing.pth"), "checkpoint file not found"),
+    # checkpoints in the folder the server allows (--weights-dir): their contents may be described
+    ("/erf", dict(weights="small.pth"), r"small.pth \(in .*\) is an EfficientVMamba-small checkpoint whose design "
+                                        r"differs from the one chosen: variant='small' \(chosen: 'tiny'\)"),
+    ("/erf", dict(weights="corrupt.pth"), "is not a readable PyTorch checkpoint"),
+    ("/erf", dict(weights="missing.pth"), "checkpoint file not found"),
     ("/erf", dict(row=500, col=3), r"outside the 56x56 output grid"),
     ("/erf", dict(row=5), "set both the output row and column"),
     ("/attribution", dict(methods=[]), "choose at least one attribution method"),
-    ("/hidden_attention", dict(route="7"), "route must be between 0 and 3"),
-    ("/hidden_attention", dict(row=90), "query row must be between 0 and 55"),
+    ("/hidden_attention", dict(route="7"), r"route must be an integer in 0..3, got '7'"),
+    ("/hidden_attention", dict(row=90), r"query row must be an integer in 0..55, got 90"),
     ("/ablation_table", dict(table="nope"), "Value: nope is not in the list of choices"),
     ("/ablation_table", dict(variant="base", table="stage_layout"), "no row of this table matches these filters"),
     ("/measure_row", dict(stages="sideways"), "Value: sideways is not in the list of choices"),
-    ("/measure_row", dict(step=3, scan="SS2D"), "step only applies to scan='es2d'"),
+    ("/measure_row", dict(scan=None), "unknown scan None: valid scans are es2d, ss2d"),
 ]
 
 
 @pytest.mark.parametrize("api,kwargs,message", BAD, ids=[f"{a}-{'-'.join(k)}" for a, k, _ in BAD])
-def test_bad_inputs_give_messages_and_the_server_survives(client, files, api, kwargs, message):
+def test_bad_inputs_give_messages_and_the_server_survives(client, files, weights_dir, api, kwargs, message):
     import re
     kwargs = {k: (handle_file(str(files / v)) if k == "upload" else
-                  str(files / v) if k == "checkpoint" else v) for k, v in kwargs.items()}
+                  str(weights_dir / v) if k == "weights" else v) for k, v in kwargs.items()}
     with pytest.raises(AppError) as e:
         client.predict(api_name=api, **kwargs)
     assert re.search(message, str(e.value)), str(e.value)
@@ -157,11 +153,12 @@ def test_measure_a_missing_row(client):
     assert df["data"][0][h.index("accuracy")] == "not trained here"
 
 
-def test_checkpoint_field_takes_hub_names(client, monkeypatch):
+def test_weights_field_takes_hub_names_when_the_server_allows_them(client, monkeypatch):
+    # the test server listens on loopback only, where other Hub names are allowed by default
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a closed port: the Hub cannot be reached
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(AppError, match="could not reach the Hugging Face Hub to fetch hf:someone/EfficientVMamba"):
-        client.predict(checkpoint="hf:someone/EfficientVMamba", api_name="/erf")
+        client.predict(weights="hf:someone/EfficientVMamba", api_name="/erf")
 
 
 def test_several_users_at_once(client):

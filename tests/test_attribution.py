@@ -4,7 +4,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from evmamba import build_model
+from evmamba import Weights, build_model, probes
 from evmamba.analysis.attribution import (
     ATTRIBUTION_METHODS,
     RANDOM_NOTE,
@@ -14,7 +14,6 @@ from evmamba.analysis.attribution import (
     route_contributions,
 )
 from evmamba.analysis.attribution_figures import attribution_figure, prediction_figure, route_contribution_figure
-from evmamba.analysis.erf import seeded_model
 from evmamba.imagenet import class_names
 
 SIZE = 64
@@ -22,7 +21,7 @@ SIZE = 64
 
 @pytest.fixture(scope="module")
 def tiny():
-    return seeded_model("tiny", seed=0)
+    return build_model("tiny", seed=0).eval()
 
 
 def _grad(model, x, target):
@@ -47,9 +46,10 @@ def test_predict_names_and_random_note(tiny):
     assert predict(tiny, "chelsea", 3, pretrained=True, image_size=SIZE).note is None
 
 
-def test_pretrained_is_inferred_from_class_names():
-    model = seeded_model("tiny", seed=1)
-    model.class_names = [f"thing {i}" for i in range(1000)]  # what build_model(pretrained=True) attaches
+def test_pretrained_is_inferred_from_the_weights_record():
+    model = build_model("tiny", seed=1).eval()
+    # what build_model(pretrained=True) and load_checkpoint record
+    model.weights = Weights(source="a checkpoint", class_names=tuple(f"thing {i}" for i in range(1000)))
     pred = predict(model, "rocket", image_size=SIZE)
     assert pred.pretrained and pred.note is None
     assert pred.classes["name"].iloc[0] == f"thing {pred.top_class}"
@@ -120,16 +120,12 @@ def test_route_contributions_match_a_manual_removal(tiny):
     target, full = df.attrs["target"], df.attrs["full_logit"]
     np.testing.assert_allclose(df["change"], df["logit without"] - full, rtol=1e-6, atol=1e-7)
     assert df.attrs["pretrained"] is False and df.attrs["note"] == RANDOM_NOTE
-    assert all(m.keep_routes is None for _, m in tiny.mixers())
+    assert probes.active() is None
     # by hand: route 1 removed in layers.1.blocks.0 alone
     x, _ = image_input("chelsea", SIZE)
     mixer = tiny.layers[1].blocks[0].op
-    mixer.keep_routes = torch.tensor([1.0, 0.0, 1.0, 1.0])
-    try:
-        with torch.no_grad():
-            expected = float(tiny(x)[0, target])
-    finally:
-        mixer.keep_routes = None
+    with torch.no_grad(), probes.probe(route_weights={mixer: torch.tensor([1.0, 0.0, 1.0, 1.0])}):
+        expected = float(tiny(x)[0, target])
     row = df[(df["block"] == "layers.1.blocks.0") & (df["route"] == 1)]
     assert float(row["logit without"].iloc[0]) == pytest.approx(expected, rel=1e-6)
     assert abs(float(row["change"].iloc[0])) > 0
@@ -139,7 +135,7 @@ def test_removing_every_route_everywhere_is_removing_the_scan(tiny, monkeypatch)
     df = route_contributions(tiny, "rocket", image_size=SIZE, bar=False)
     x, _ = image_input("rocket", SIZE)
     for _, m in tiny.mixers():
-        monkeypatch.setattr(m, "scan_map", lambda t: torch.zeros_like(t))
+        monkeypatch.setattr(m, "scan_map", lambda t, probe=None: torch.zeros_like(t))
     with torch.no_grad():
         no_scan = float(tiny(x)[0, df.attrs["target"]])
     row = df[(df["block"] == "all chosen") & (df["route"] == "all")]

@@ -7,8 +7,8 @@ from evmamba import bench_gpu
 
 def test_dry_run_writes_rows_and_a_table(tmp_path, capsys):
     out = tmp_path / "gpu.json"
-    report = bench_gpu.main(["--device", "cpu", "--batch", "1", "--quick", "--variants", "tiny", "--scans", "es2d",
-                             "--modes", "eager", "--out", str(out)])
+    report = bench_gpu.main(["--device", "cpu", "--batch", "1", "--size", "64", "--quick", "--variants", "tiny",
+                             "--scans", "es2d", "--modes", "eager", "--out", str(out)])
     saved = json.loads(out.read_text())
     assert saved["throughput"] == report["throughput"] and len(saved["throughput"]) == 1
     row = saved["throughput"][0]
@@ -42,7 +42,7 @@ def test_compiled_mode_checks_the_compiled_model_first(tmp_path):
     # the same graphs as inductor's, forward and backward, without its code generation (one inductor run
     # of the model is in test_scan_ops)
     report = bench_gpu.main(["--device", "cpu", "--variants", "tiny", "--scans", "es2d", "--modes", "compiled",
-                             "--budget", "0", "--check-compiler", "aot_eager"])
+                             "--budget", "0", "--check-compiler", "aot_eager", "--size", "32"])
     (check,) = report["checks"]
     assert check["compiled"] and bench_gpu.check_passed(check)
 

@@ -100,7 +100,7 @@ def test_wrong_layout_and_classes_are_described(official_weights):
     msg = str(e.value)
     assert "keys missing from the checkpoint" in msg and "keys unexpected in the checkpoint" in msg
     assert describe_checkpoint(ir_first) == dict(variant="tiny", stages=("ir", "ir", "evss", "evss"), scan="es2d",
-                                                 step=3, conv_branch=False, se=True, num_classes=1000)
+                                                 step=3, conv_branch=False, gate=True, num_classes=1000)
 
 
 def test_non_strict_loads_what_fits_and_reports_the_rest(official_weights):

@@ -6,8 +6,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import evmamba
 from evmamba.analysis.cost import CATEGORIES, count_flops, parameter_breakdown, scan_flops
 
-SWITCHES = [dict(), dict(scan="ss2d"), dict(conv_branch=False), dict(se=False), dict(step=3), dict(step=4),
-            dict(stages="all-evss"), dict(stages="ir-first"), dict(scan="ss2d", conv_branch=False, se=False)]
+SWITCHES = [dict(), dict(scan="ss2d"), dict(conv_branch=False), dict(gate=False), dict(step=3), dict(step=4),
+            dict(stages="all-evss"), dict(stages="ir-first"), dict(scan="ss2d", conv_branch=False, gate=False)]
 
 
 # ---- the paper's numbers ----------------------------------------------------------------------------
@@ -79,7 +79,7 @@ def test_scan_formula():
 
 # ---- against torch's own counter --------------------------------------------------------------------
 @pytest.mark.parametrize("switches", [dict(), dict(scan="ss2d"), dict(step=3, stages="all-evss"),
-                                      dict(conv_branch=False, se=False, stages="ir-first")])
+                                      dict(conv_branch=False, gate=False, stages="ir-first")])
 def test_conv_and_matmul_part_matches_torch_flop_counter(switches):
     """torch counts 2 FLOPs per multiply-add for convolutions and matrix products and nothing else; the
     reference scan is elementwise, so torch counts nothing inside it either. 40x40: grids 10, 5, 3, 2."""

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from matplotlib.figure import Figure
 
-from evmamba import build_model, scan_routes
+from evmamba import build_model, probes, scan_routes
 from evmamba.analysis.erf import (
     THRESHOLDS,
     NetworkToStage,
@@ -19,7 +19,6 @@ from evmamba.analysis.erf import (
     mixer_erf,
     network_erf,
     normalise,
-    seeded_model,
 )
 from evmamba.analysis.erf_figures import area_ratio_figure, erf_figure
 from evmamba.analysis.interventions import keep_only_route, scan_replaced_by_identity
@@ -73,19 +72,26 @@ def test_normalise_rejects_bad_input():
         normalise(-np.ones((2, 2)))
 
 
+CELL = "cell-centred"
+
+
 def test_area_ratio_known_values():
+    # the cell-centred convention (raw map, squares around the output cell's centre, >=, clipped)
     uniform = np.ones((9, 9))  # centred squares of side 1, 3, 5, 7, 9 hold 1, 9, 25, 49, 81 of 81
-    assert area_ratios(uniform, (4, 4)) == {0.2: 25 / 81, 0.3: 25 / 81, 0.5: 49 / 81, 0.99: 1.0}
+    assert area_ratios(uniform, (4, 4), convention=CELL) == {0.2: 25 / 81, 0.3: 25 / 81, 0.5: 49 / 81, 0.99: 1.0}
     point = np.zeros((9, 9))
     point[4, 4] = 3.0
-    assert area_ratios(point, (4, 4)) == {t: 1 / 81 for t in THRESHOLDS}
+    assert area_ratios(point, (4, 4), convention=CELL) == {t: 1 / 81 for t in THRESHOLDS}
     # between pixels (an even stride): squares of side 2, 4, 6, 8 on an 8x8 map
-    assert area_ratios(np.ones((8, 8)), (3.5, 3.5), (0.05, 0.2, 0.5)) == {0.05: 4 / 64, 0.2: 16 / 64, 0.5: 36 / 64}
+    assert area_ratios(np.ones((8, 8)), (3.5, 3.5), (0.05, 0.2, 0.5), convention=CELL) == {
+        0.05: 4 / 64, 0.2: 16 / 64, 0.5: 36 / 64}
     # off centre the square is clipped to the map: at the corner, radius 1 covers 2x2
-    assert area_ratios(uniform, (0, 0), (0.04,)) == {0.04: 4 / 81}
-    assert high_contribution_square(uniform, (4, 4), 0.5) == (1, 1, 8, 8)
+    assert area_ratios(uniform, (0, 0), (0.04,), convention=CELL) == {0.04: 4 / 81}
+    assert high_contribution_square(uniform, (4, 4), 0.5, convention=CELL) == (1, 1, 8, 8)
     with pytest.raises(ValueError, match=r"shares in \(0, 1\]"):
         area_ratios(uniform, (4, 4), (0.0,))
+    with pytest.raises(ValueError, match="valid conventions are replknet, cell-centred"):
+        area_ratios(uniform, (4, 4), convention="mine")
 
 
 @settings(max_examples=40, deadline=None)
@@ -95,10 +101,68 @@ def test_area_ratios_grow_with_the_threshold(h, w, seed, thresholds):
     rng = np.random.default_rng(seed)
     x = rng.random((h, w)) ** 4
     centre = (rng.integers(0, h) + rng.choice([0, 0.5]) * (h > 1), rng.integers(0, w))
-    ratios = area_ratios(x, centre, sorted(thresholds))
-    values = list(ratios.values())
-    assert all(a <= b for a, b in zip(values, values[1:]))
-    assert all(0 < v <= 1 for v in values)
+    for convention in (CELL, "replknet") if h == w else (CELL,):  # RepLKNet's maps are square
+        values = list(area_ratios(x, centre, sorted(thresholds), convention=convention).values())
+        found = [v for v in values if not np.isnan(v)]
+        assert all(a <= b for a, b in zip(found, found[1:]))
+        assert all(0 < v <= 1 for v in found)
+        # RepLKNet's has no value from some threshold on, never before one that has a value
+        assert values[:len(found)] == found
+
+
+# ---- RepLKNet's area ratio, held to a literal reading of their analyze_erf.py -------------------------------
+def replknet_literal(data, thresholds=(0.2, 0.3, 0.5, 0.99)):
+    """RepLKNet's erf/analyze_erf.py as described: log10(x + 1), divided by the maximum, then for each
+    threshold the first i in 1 .. h//2 - 1 whose square rows h//2-i .. h//2+i, columns w//2-i .. w//2+i
+    holds strictly more than the threshold's share; (2i+1)/h * (2i+1)/w, or no value."""
+    data = np.log10(data + 1)
+    data = data / np.max(data)
+    h, w = data.shape
+    out = {}
+    for thresh in thresholds:
+        out[thresh] = None
+        all_sum = np.sum(data)
+        for i in range(1, h // 2):
+            selected_area = data[h // 2 - i:h // 2 + 1 + i, w // 2 - i:w // 2 + 1 + i]
+            if np.sum(selected_area) / all_sum > thresh:
+                out[thresh] = (i * 2 + 1) / h * (i * 2 + 1) / w
+                break
+    return out
+
+
+def _maps():
+    rng = np.random.default_rng(7)
+    delta = np.zeros((15, 15))
+    delta[7, 7] = 1.0
+    blob = np.exp(-((np.arange(32)[:, None] - 16) ** 2 + (np.arange(32)[None] - 15) ** 2) / 40.0)
+    return {"delta": delta, "uniform": np.ones((11, 11)), "random odd": rng.random((21, 21)) ** 3,
+            "random even": rng.random((24, 24)) ** 3, "blob": blob, "blob x 1000": 1e3 * blob,
+            "random x 1000": 1e3 * rng.random((17, 17)) ** 6}
+
+
+@pytest.mark.parametrize("name", list(_maps()))
+def test_replknet_area_ratio_matches_their_definition_exactly(name):
+    x = _maps()[name]
+    got = area_ratios(x)  # RepLKNet's convention is the default
+    want = replknet_literal(x)
+    assert list(got) == list(want)
+    for t in want:
+        assert (np.isnan(got[t]) and want[t] is None) or got[t] == want[t], (name, t, got[t], want[t])
+
+
+def test_replknet_area_ratio_has_no_value_where_no_square_qualifies_and_depends_on_scale():
+    delta = _maps()["delta"]
+    # a single point: every square from 3x3 up holds everything, so each threshold gets the 3x3 square
+    assert area_ratios(delta) == {t: 3 / 15 * 3 / 15 for t in THRESHOLDS}  # (2i+1)/h * (2i+1)/w, as they write it
+    # a uniform map: the largest square tried (side 9 of 11) holds 81/121 < 0.99: no value
+    ratios = area_ratios(np.ones((11, 11)))
+    assert np.isnan(ratios[0.99]) and ratios[0.5] == 9 / 11 * 9 / 11  # 49/121 < 0.5 < 81/121
+    # the log transform: the same map times 10^3 gives other ratios (the cell-centred ones do not change)
+    blob = _maps()["blob"]
+    assert area_ratios(blob) != area_ratios(1e3 * blob)
+    assert area_ratios(blob, (16, 15), convention=CELL) == area_ratios(1e3 * blob, (16, 15), convention=CELL)
+    assert high_contribution_square(np.ones((11, 11)), threshold=0.99) is None
+    assert high_contribution_square(delta, threshold=0.5) == (6, 6, 9, 9)
 
 
 # ---- the gradient ---------------------------------------------------------------------------------------
@@ -175,18 +239,23 @@ def test_es2d_route_positions_are_the_nearest_on_each_submap():
     assert result.routes[1].route_name == routes.routes[1].name
     table = result.table()
     assert list(table["route"]) == ["all", 0, 1, 2, 3]
-    assert list(table.columns[-4:]) == [f"area ratio {t:g}" for t in THRESHOLDS]
+    assert list(table.columns[-8:]) == [f"area ratio {t:g} ({c})" for c in ("RepLKNet", "cell-centred")
+                                        for t in THRESHOLDS]
 
 
-def test_route_masks_are_restored_even_after_an_error():
+def test_route_masks_are_per_call_and_end_with_the_block_even_after_an_error():
     mixer = _mixer("ss2d")
+    attributes = dict(vars(mixer))
+    weights = {k: v.clone() for k, v in mixer.state_dict().items()}
     with pytest.raises(RuntimeError):
         with keep_only_route(mixer, 1):
-            assert mixer.keep_routes.tolist() == [0, 1, 0, 0]
+            assert probes.active().weights_for(mixer).tolist() == [0, 1, 0, 0]
             raise RuntimeError
-    assert mixer.keep_routes is None
+    assert probes.active() is None
     mixer_erf(mixer, _features(1, 6, 6, 8), bar=False)
-    assert mixer.keep_routes is None
+    assert probes.active() is None
+    assert vars(mixer) == attributes  # nothing set on the mixer, nothing replaced
+    assert all(torch.equal(v, weights[k]) for k, v in mixer.state_dict().items())
     with pytest.raises(ValueError, match=r"route must be an integer in 0..3"):
         with keep_only_route(mixer, 4):
             pass
@@ -201,7 +270,7 @@ def test_identity_scan_mixer_has_the_3x3_receptive_field():
     support = np.zeros((9, 9), dtype=bool)
     support[3:6, 3:6] = True
     np.testing.assert_array_equal(erf > 0, support)
-    assert "scan_map" not in mixer.__dict__  # the real scan is back
+    assert probes.active() is None and "scan_map" not in vars(mixer)  # the real scan is back
     assert (mixer_erf(mixer, f, (4, 4), routes=False, bar=False).combined.contribution[~support] > 0).any()
 
 
@@ -222,8 +291,8 @@ def _conv_only_support(image, grid_pos, stage):
 
 @pytest.mark.parametrize("stage, pos", [(0, (8, 8)), (0, (1, 14)), (1, (4, 3))])
 def test_identity_scan_network_erf_equals_the_conv_only_receptive_field(stage, pos):
-    # se=False: the channel gate averages over the whole map, which would make every receptive field global
-    model = seeded_model("tiny", seed=3, se=False)
+    # gate=False: the channel gate averages over the whole map, which would make every receptive field global
+    model = build_model("tiny", seed=3, gate=False).eval()
     images = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with scan_replaced_by_identity(model):
         erf = network_erf(model, images, stage, pos, routes=False, method="autograd", bar=False)
@@ -252,19 +321,19 @@ def test_block_with_gate_sees_everything():
 # ---- the levels from one call -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny():
-    return seeded_model("tiny", seed=0)
+    return build_model("tiny", seed=0).eval()
 
 
 def test_seeded_models_are_reproducible_and_leave_the_global_rng_alone():
     torch.manual_seed(123)
     before = torch.rand(1)
     torch.manual_seed(123)
-    a, b = seeded_model("tiny", seed=5), seeded_model("tiny", seed=5)
+    a, b = build_model("tiny", seed=5).eval(), build_model("tiny", seed=5).eval()
     assert torch.rand(1) == before
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
     assert not a.training
-    c = seeded_model("tiny", seed=6)
+    c = build_model("tiny", seed=6).eval()
     assert not torch.equal(c.patch_embed[0].weight, a.patch_embed[0].weight)
 
 

@@ -5,8 +5,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from evmamba import selective_scan
-from evmamba.analysis.erf import seeded_model
+from evmamba import build_model, selective_scan
 from evmamba.analysis.hidden_attention import (
     SAFE_EXPONENT,
     conv_activations,
@@ -121,7 +120,7 @@ def test_argument_errors():
 # ---- one route of a model, in scan order and image order --------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny():
-    return seeded_model("tiny", seed=0)
+    return build_model("tiny", seed=0).eval()
 
 
 def test_model_routes_image_order_and_row_maps(tiny):
@@ -152,7 +151,7 @@ def test_model_routes_image_order_and_row_maps(tiny):
 
 
 def test_ss2d_row_major_route_is_already_in_image_order():
-    model = seeded_model("tiny", seed=1, scan="ss2d")
+    model = build_model("tiny", seed=1, scan="ss2d").eval()
     (att,) = model_hidden_attention(model, "random", mixer=0, routes=0, image_size=32, reduce="mean", bar=False)
     m, _ = att.image_order()
     np.testing.assert_array_equal(m, att.matrix)
@@ -162,7 +161,7 @@ def test_ss2d_row_major_route_is_already_in_image_order():
 
 def test_real_size_route_without_materialising_channels(tiny):
     """A 56x56 SS2D route (L = 3136) averaged over a few channels: (L, L) only."""
-    model = seeded_model("tiny", seed=0, scan="ss2d")
+    model = build_model("tiny", seed=0, scan="ss2d").eval()
     (att,) = model_hidden_attention(model, "chelsea", mixer=0, routes=[2], channels=range(4), bar=False)
     assert att.matrix.shape == (3136, 3136) and att.channels == 4
     assert np.isfinite(att.matrix).all()

@@ -23,7 +23,7 @@ def test_switches_change_the_structure():
     assert count_parameters(build_model("tiny", scan="ss2d")) == 6_493_660  # same weights, other routes
     no_conv = build_model("tiny", conv_branch=False)
     assert not any("conv_branch" in k for k in no_conv.state_dict())
-    no_gate = build_model("tiny", se=False)
+    no_gate = build_model("tiny", gate=False)
     assert not any(".se." in k for k in no_gate.state_dict() if k.startswith(("layers.0", "layers.1")))
     step3 = build_model("tiny", step=3)
     assert step3.state_dict()["layers.0.blocks.0.op.x_proj_weight"].shape[0] == 9
@@ -87,7 +87,7 @@ def test_stage_grids():
     assert build_model("tiny").stage_grids(72, 56) == [(18, 14), (9, 7), (5, 4), (3, 2)]
 
 
-COMBOS = [dict(scan=s, conv_branch=c, se=g, stages=layout)
+COMBOS = [dict(scan=s, conv_branch=c, gate=g, stages=layout)
           for s, c, g, layout in itertools.product(("es2d", "ss2d"), (True, False), (True, False), STAGE_LAYOUTS)]
 COMBOS += [dict(step=p) for p in (1, 3, 4)]
 

@@ -298,10 +298,11 @@ def test_pretrained_model_is_ready_for_imagenet(online, expected):
     model = build_model("tiny", pretrained=True)
     assert not model.training
     assert torch.equal(model(X), expected["plain"])
-    assert model.class_names == class_names() and len(model.class_names) == 1000
-    assert model.preprocess is evmamba.preprocess
+    weights = model.weights
+    assert weights.class_names == tuple(class_names()) and len(weights.class_names) == 1000
+    assert weights.preprocess is evmamba.preprocess and weights.task == "ImageNet-1K" and weights.trained
     image = (np.random.default_rng(0).random((80, 100, 3)) * 255).astype(np.uint8)
-    assert model(model.preprocess(image, size=64)).shape == (1, 1000)
+    assert model(weights.preprocess(image, size=64)).shape == (1, 1000)
     assert evmamba.PRETRAINED["tiny"] == "hf:TerryPei/EfficientVMamba-Tiny"
 
 
@@ -374,7 +375,7 @@ def test_paths_are_never_hub_names():
     (dict(num_classes=10), "num_classes=10.*classifier.head"),
     (dict(step=3), "step=3 changes the design"),
     (dict(stages="all-evss"), "stages="),
-    (dict(se=False, conv_branch=False), "conv_branch=False, se=False change the design"),
+    (dict(gate=False, conv_branch=False), "conv_branch=False, gate=False change the design"),
 ])
 def test_pretrained_refuses_designs_the_weights_were_not_trained_for(options, message, monkeypatch):
     monkeypatch.setattr(hub, "resolve", lambda *a, **k: pytest.fail("must refuse before any download"))

@@ -33,12 +33,13 @@ def test_ss2d_reads_every_position_four_times(h, w):
 
 @settings(max_examples=40, deadline=None)
 @given(h=sizes, w=sizes, p=st.integers(1, 4), scan=st.sampled_from(["es2d", "ss2d"]))
-def test_scatter_after_gather_is_identity(h, w, p, scan):
+def test_merge_after_scan_is_identity(h, w, p, scan):
     p = 2 if scan == "ss2d" else p
     r = scan_routes(scan, h, w, p)
     x = torch.randn(2, 3, h, w, dtype=torch.float64)
     reads = 4 if scan == "ss2d" else 1
-    assert torch.equal(r.scatter(r.gather(x)), x * reads)
+    # cross-scan to (K, C, B, L), then cross-merge back to channels-last (B, H, W, C)
+    assert torch.equal(r.cross_merge(r.cross_scan(x)).permute(0, 3, 1, 2), x * reads)
 
 
 def test_ss2d_order():
@@ -94,7 +95,7 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="height must be a positive integer"):
         scan_routes("es2d", 0, 4)
     with pytest.raises(ValueError, match="routes are for a 4x4 map"):
-        scan_routes("es2d", 4, 4).gather(torch.zeros(1, 1, 5, 4))
+        scan_routes("es2d", 4, 4).cross_scan(torch.zeros(1, 1, 5, 4))
     assert num_routes("es2d", 4) == 16 and num_routes("ss2d") == 4
 
 

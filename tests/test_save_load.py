@@ -48,11 +48,11 @@ def test_round_trip_gives_identical_logits(tmp_path, trained, expected, suffix):
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_round_trip_keeps_the_design(tmp_path, suffix):
     torch.manual_seed(0)
-    original = build_model("tiny", scan="es2d", step=3, se=False, num_classes=7).eval()
+    original = build_model("tiny", scan="es2d", step=3, gate=False, num_classes=7).eval()
     path = save_checkpoint(original, tmp_path / f"ablation{suffix}")
     assert describe_checkpoint(path)["step"] == 3
     rebuilt = model_from_checkpoint(path)
-    assert rebuilt.config.step == 3 and rebuilt.config.se is False and rebuilt.config.num_classes == 7
+    assert rebuilt.config.step == 3 and rebuilt.config.gate is False and rebuilt.config.num_classes == 7
     assert torch.equal(logits(rebuilt), logits(original))
 
 

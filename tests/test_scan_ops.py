@@ -138,50 +138,61 @@ def tiny(scan="es2d", **options):
 
 # Graph capture (one graph, forward and backward, the same numbers) through aot_eager: dynamo and AOTAutograd
 # trace exactly what inductor would compile, then run the traced graphs op by op, without code generation.
-# Inductor itself compiles one EVSS block below (the whole model, which takes minutes, in the slow tests).
+# Inductor itself compiles one EVSS block; on whole models (minutes each from a cold cache) it runs in the
+# slow tests (python -m pytest -m slow).
+COMPILERS = ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)]
+
+
 @pytest.mark.parametrize("scan", ["es2d", "ss2d"])
-def test_compiled_model_is_one_graph_and_equals_eager(scan):
+def test_compiled_model_is_one_graph(scan):
     model, x = tiny(scan), torch.randn(2, 3, 32, 32)
     model(x)  # an eager call first builds the route tables the compiled graph reads
     torch._dynamo.reset()
     explained = torch._dynamo.explain(model)(x)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0)
-    assert_same(model, torch.compile(model, fullgraph=True, backend="aot_eager"), x)
 
 
-@pytest.mark.parametrize("scan", ["es2d", "ss2d"])
-def test_compiled_model_on_the_kernel_operator_equals_eager(stand_in, monkeypatch, scan):
-    # the whole model on the mamba_ssm path (here the CPU stand-in, whose outputs take their inputs' strides
-    # as the kernel's do)
-    import evmamba.scan as scan_module
-    monkeypatch.setitem(scan_module._IMPLEMENTATIONS, "mamba_ssm", cuda.run_kernel)
-    model, x = tiny(scan, backend="mamba_ssm"), torch.randn(2, 3, 32, 32)
+@pytest.mark.parametrize("compiler", COMPILERS)
+@pytest.mark.parametrize("scan, kernel", [("es2d", False), ("ss2d", False), ("es2d", True)],
+                         ids=["es2d", "ss2d", "es2d-kernel-operator"])
+def test_compiled_model_equals_eager(stand_in, monkeypatch, compiler, scan, kernel):
+    # kernel: the whole model on the mamba_ssm path (here the CPU stand-in, whose outputs take their inputs'
+    # strides as the kernel's do)
+    if kernel:
+        import evmamba.scan as scan_module
+        monkeypatch.setitem(scan_module._IMPLEMENTATIONS, "mamba_ssm", cuda.run_kernel)
+    model, x = tiny(scan, backend="mamba_ssm" if kernel else "torch"), torch.randn(2, 3, 32, 32)
     model(x)
     torch._dynamo.reset()
-    assert_same(model, torch.compile(model, fullgraph=True, backend="aot_eager"), x)
+    assert_same(model, torch.compile(model, fullgraph=True, backend=compiler), x)
 
 
-def test_compiled_model_follows_a_changing_batch_size():
-    # a second batch size makes dynamo recompile once, with a symbolic batch (dynamic shapes)
+@pytest.mark.parametrize("compiler", COMPILERS)
+def test_compiled_model_follows_a_changing_batch_size(compiler):
+    # a second batch size makes dynamo recompile once, with a symbolic batch (dynamic shapes); inductor's
+    # code for that graph gives wrong gradients in torch 2.13 (see test_inductor_dynamic_batch_gradients)
     model = tiny()
     model(torch.randn(2, 3, 32, 32))
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    for batch in (2, 3, 5):
+    dynamic = None if compiler == "aot_eager" else False  # inductor: one static graph per batch size
+    compiled = torch.compile(model, fullgraph=True, backend=compiler, dynamic=dynamic)
+    for batch in (2, 3):
         assert_same(model, compiled, torch.randn(batch, 3, 32, 32))
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # batch 2, then any batch
+    if compiler == "aot_eager":
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # batch 2, then any batch
 
 
-def test_inductor_compiles_an_evss_block():
-    # inductor's code generation, once, on the smallest piece holding every kind of operation the model has
-    # (projections, cross-scan, the scan operator, cross-merge, norms, the conv branch, the gate), on an odd
-    # map (ES2D pads); whole models, and a changing batch size, in the slow tests
-    block = tiny().layers[0].blocks[0]
+def test_inductor_compiles_a_mixer():
+    # inductor's code generation, once, on the smallest piece holding what compiling this model involves
+    # (the cross-scan's gathers, the route-major projections, the scan operator with its declared layout, the
+    # merge, the norm and gate), on an odd map (ES2D pads); whole models, and a changing batch size, in the
+    # slow tests
+    mixer = tiny().layers[0].blocks[0].op
     x = torch.randn(2, 15, 17, 48)
-    block(x)
+    mixer(x)
     torch._dynamo.reset()
-    assert_same(block, torch.compile(block, fullgraph=True), x)
+    assert_same(mixer, torch.compile(mixer, fullgraph=True), x)
 
 
 def test_scan_precision_keeps_autocast_inputs_and_changes_nothing_outside_autocast(monkeypatch):
@@ -201,36 +212,31 @@ def test_scan_precision_keeps_autocast_inputs_and_changes_nothing_outside_autoca
             out = model(x)
         assert set(seen) == {torch.float32 if precision == "float32" else torch.bfloat16}
         assert rel_err(out.float(), plain) < 0.05
-    with pytest.raises(ValueError, match="scan precision must be one of float32, autocast, got 'half'"):
+    with pytest.raises(ValueError, match="unknown scan precision 'half': valid scan precisions are float32, autocast"):
         model.set_scan_precision("half")
 
 
-# ---- slow: inductor on whole models (minutes each on a cold compile cache) --------------------------------
-@pytest.mark.slow
-@pytest.mark.parametrize("scan", ["es2d", "ss2d"])
-def test_inductor_compiled_model_equals_eager(scan):
-    model, x = tiny(scan), torch.randn(2, 3, 64, 64)
-    model(x)
-    torch._dynamo.reset()
-    assert_same(model, torch.compile(model, fullgraph=True), x)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("scan", ["es2d", "ss2d"])
-def test_inductor_compiled_model_on_the_kernel_operator_equals_eager(stand_in, monkeypatch, scan):
-    import evmamba.scan as scan_module
-    monkeypatch.setitem(scan_module._IMPLEMENTATIONS, "mamba_ssm", cuda.run_kernel)
-    model, x = tiny(scan, backend="mamba_ssm"), torch.randn(2, 3, 64, 64)
-    model(x)
-    torch._dynamo.reset()
-    assert_same(model, torch.compile(model, fullgraph=True), x)
-
-
-@pytest.mark.slow
-def test_inductor_compiled_model_follows_a_changing_batch_size():
+def _dynamic_batch(layout_optimization: bool):
+    import torch._inductor.config as inductor
     model = tiny()
     model(torch.randn(2, 3, 64, 64))
     torch._dynamo.reset()
-    compiled = torch.compile(model)
-    for batch in (2, 3):
-        assert_same(model, compiled, torch.randn(batch, 3, 64, 64))
+    with inductor.patch(layout_optimization=layout_optimization):
+        compiled = torch.compile(model)  # automatic dynamic shapes: a second batch size recompiles symbolically
+        for batch in (2, 3):
+            assert_same(model, compiled, torch.randn(batch, 3, 64, 64))
+
+
+@pytest.mark.slow
+def test_inductor_follows_a_symbolic_batch_size_without_its_layout_optimization():
+    _dynamic_batch(layout_optimization=False)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="torch 2.13 inductor: with a symbolic batch size and its layout optimization "
+                                       "(convolutions made channels-last), the gradients of the first inverted-"
+                                       "residual block's 1x1 convolution are wrong (3.6e-2 by grad_agreement); "
+                                       "static shapes, the same graph through aot_eager, or "
+                                       "layout_optimization=False are right")
+def test_inductor_dynamic_batch_gradients_with_its_layout_optimization():
+    _dynamic_batch(layout_optimization=True)

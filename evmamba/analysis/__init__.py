@@ -18,7 +18,8 @@ _LAZY = {
     "FlopCount": "cost", "count_flops": "cost", "parameter_breakdown": "cost", "scan_flops": "cost",
     # effective receptive fields per scan direction
     "ERF": "erf", "RouteERFs": "erf", "effective_receptive_fields": "erf", "mixer_erf": "erf", "block_erf": "erf",
-    "network_erf": "erf", "area_ratios": "erf", "high_contribution_square": "erf", "seeded_model": "erf",
+    "network_erf": "erf", "replknet_erf": "erf", "area_ratios": "erf_maps", "high_contribution_square": "erf_maps",
+    "normalise": "erf_maps",
     "erf_figure": "erf_figures", "area_ratio_figure": "erf_figures",
     # hidden attention
     "HiddenAttention": "hidden_attention", "implicit_attention": "hidden_attention",
@@ -30,10 +31,10 @@ _LAZY = {
     "attributions": "attribution", "route_contributions": "attribution",
     "prediction_figure": "attribution_figures", "attribution_figure": "attribution_figures",
     "route_contribution_figure": "attribution_figures",
-    # natural images offline, and temporary changes to a model
+    # natural images offline, and what analyses do to a forward pass (per call: the model is not changed)
     "load_image": "images", "load_images": "images", "image_batch": "images", "sample_names": "images",
     "keep_only_route": "interventions", "drop_route": "interventions", "routes_kept": "interventions",
-    "scan_replaced_by_identity": "interventions", "evaluation_mode": "interventions",
+    "scan_replaced_by_identity": "interventions", "capturing": "interventions", "for_inference": "interventions",
 }
 
 

@@ -5,9 +5,10 @@ each scan direction contributes to that class's logit.
     att = attributions(model, "chelsea", target=pred.top_class)   # Integrated Gradients, Saliency, ...
     df = route_contributions(model, "chelsea")             # logit change with each route removed, per block
 
-A model from `build_model(..., pretrained=True)` (it carries `class_names`) or one that `load_checkpoint`
-filled (it carries `checkpoint_source`) is taken as trained; any other model as randomly initialised, unless
-`pretrained=` says otherwise. The results say which it was, since the classes of a random model mean nothing.
+A model whose weights were loaded (`model.weights.trained`: build_model(..., pretrained=True), load_checkpoint,
+or a study model) is taken as trained; any other model as randomly initialised, unless `pretrained=` says
+otherwise. The results say which it was, since the classes of a random model mean nothing. Class names come
+from `model.weights.class_names` (ImageNet-1K's for other 1000-class models).
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .interventions import drop_route, evaluation_mode, routes_kept
+from ..checks import integer
+from ..model import Weights
+from .interventions import drop_route, on_inference_copy, routes_kept
 from .progress import track
 
 ATTRIBUTION_METHODS = ("integrated_gradients", "saliency", "input_x_gradient", "smoothgrad")
@@ -26,16 +29,20 @@ RANDOM_NOTE = ("randomly initialised weights: these classes and attributions say
                "a checkpoint (build_model(variant, pretrained=True) or load_checkpoint) for meaningful ones")
 
 
+def _weights(model) -> Weights:
+    return getattr(model, "weights", None) or Weights()
+
+
 def _is_pretrained(model, pretrained):
     if pretrained is None:
-        return hasattr(model, "class_names") or getattr(model, "checkpoint_source", None) is not None
+        return _weights(model).trained
     if not isinstance(pretrained, bool):
         raise ValueError(f"pretrained must be True, False or None (inferred), got {pretrained!r}")
     return pretrained
 
 
 def _class_names(model) -> list[str]:
-    names = getattr(model, "class_names", None)
+    names = _weights(model).class_names
     if names is not None and len(names) == model.num_classes:
         return list(names)
     if model.num_classes == 1000:
@@ -63,6 +70,21 @@ def image_input(image, image_size: int = 224, seed: int = 0):
     return x.float(), to_picture(x)
 
 
+class _Ticking(torch.nn.Module):
+    """The model, reporting progress(done / total) after each forward pass (captum's batches)."""
+
+    def __init__(self, model, total: int, progress, desc: str):
+        super().__init__()
+        self.model, self.total, self.progress, self.desc, self.done = model, max(total, 1), progress, desc, 0
+
+    def forward(self, x):
+        out = self.model(x)
+        self.done += 1
+        if self.progress is not None:
+            self.progress(min(self.done / self.total, 1.0), desc=self.desc)
+        return out
+
+
 def _check_model(model):
     if getattr(model, "num_classes", 0) < 1:
         raise ValueError("this model has no classifier head (num_classes=0): build it with num_classes > 0")
@@ -81,15 +103,15 @@ class Prediction:
         return int(self.classes["class"].iloc[0])
 
 
+@on_inference_copy
 def predict(model, image, k: int = 5, *, pretrained: bool | None = None, image_size: int = 224) -> Prediction:
     """The k most probable classes of one image, with names (ImageNet-1K for 1000-class models)."""
     import pandas as pd
     _check_model(model)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+    k = integer(k, "k", low=1)
     pretrained = _is_pretrained(model, pretrained)
     x, _ = image_input(image, image_size)
-    with torch.no_grad(), evaluation_mode(model):
+    with torch.no_grad():
         logits = model(x.to(next(model.parameters()).device))[0].float().cpu()
     probs = logits.softmax(-1)
     p, idx = probs.topk(min(k, logits.numel()))
@@ -118,9 +140,7 @@ class Attributions:
 def _target(model, logits, target):
     if target is None:
         return int(logits.argmax())
-    if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < model.num_classes:
-        raise ValueError(f"target must be a class id in 0..{model.num_classes - 1}, got {target!r}")
-    return target
+    return integer(target, "target", 0, model.num_classes - 1, what="a class id")
 
 
 def _baseline(x, baseline):
@@ -134,6 +154,7 @@ def _baseline(x, baseline):
     return (torch.zeros_like(x) - mean) / std  # a black image, normalised
 
 
+@on_inference_copy
 def attributions(model, image, target: int | None = None, *, methods=("integrated_gradients", "saliency"),
                  pretrained: bool | None = None, image_size: int = 224, n_steps: int = 24, baseline: str = "black",
                  smoothgrad_samples: int = 8, smoothgrad_sigma: float = 0.15, batch_size: int = 8,
@@ -151,35 +172,38 @@ def attributions(model, image, target: int | None = None, *, methods=("integrate
         raise ValueError(f"unknown attribution method(s) {', '.join(map(repr, bad)) or '(none given)'}: valid methods "
                          f"are {', '.join(ATTRIBUTION_METHODS)}")
     for name, v in (("n_steps", n_steps), ("smoothgrad_samples", smoothgrad_samples), ("batch_size", batch_size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        integer(v, name, low=1)
     pretrained = _is_pretrained(model, pretrained)
     x, picture = image_input(image, image_size)
     device = next(model.parameters()).device
     x = x.to(device)
     raw, maps, delta = {}, {}, None
-    with evaluation_mode(model):
-        with torch.no_grad():
-            logits = model(x)[0]
-        target = _target(model, logits, target)
-        for method in track(methods, len(methods), "attributions", progress, bar):
-            inputs = x.detach().clone().requires_grad_(True)
-            if method == "integrated_gradients":
-                out, d = IntegratedGradients(model).attribute(inputs, baselines=_baseline(x, baseline), target=target,
-                                                              n_steps=n_steps, internal_batch_size=batch_size,
-                                                              return_convergence_delta=True)
-                delta = float(d.abs().max())
-            elif method == "saliency":
-                out = Saliency(model).attribute(inputs, target=target, abs=True)
-            elif method == "input_x_gradient":
-                out = InputXGradient(model).attribute(inputs, target=target)
-            else:
-                out = NoiseTunnel(Saliency(model)).attribute(
-                    inputs, nt_type="smoothgrad", nt_samples=smoothgrad_samples, nt_samples_batch_size=batch_size,
-                    stdevs=smoothgrad_sigma, target=target, abs=True)
-            a = out.detach()[0].cpu().numpy()
-            raw[method] = a
-            maps[method] = a.sum(0) if SIGNED[method] else np.abs(a).max(0)
+    with torch.no_grad():
+        logits = model(x)[0]
+    target = _target(model, logits, target)
+    # progress moves with every forward pass captum makes (the methods' internal batches), not per method
+    calls = {"integrated_gradients": -(-n_steps // batch_size) + 2,  # + the convergence check's two passes
+             "saliency": 1, "input_x_gradient": 1,
+             "smoothgrad": -(-smoothgrad_samples // batch_size)}
+    ticking = _Ticking(model, sum(calls[m] for m in methods), progress, "attributions")
+    for method in track(methods, len(methods), "attributions", None, bar):
+        inputs = x.detach().clone().requires_grad_(True)
+        if method == "integrated_gradients":
+            out, d = IntegratedGradients(ticking).attribute(inputs, baselines=_baseline(x, baseline), target=target,
+                                                            n_steps=n_steps, internal_batch_size=batch_size,
+                                                            return_convergence_delta=True)
+            delta = float(d.abs().max())
+        elif method == "saliency":
+            out = Saliency(ticking).attribute(inputs, target=target, abs=True)
+        elif method == "input_x_gradient":
+            out = InputXGradient(ticking).attribute(inputs, target=target)
+        else:
+            out = NoiseTunnel(Saliency(ticking)).attribute(
+                inputs, nt_type="smoothgrad", nt_samples=smoothgrad_samples, nt_samples_batch_size=batch_size,
+                stdevs=smoothgrad_sigma, target=target, abs=True)
+        a = out.detach()[0].cpu().numpy()
+        raw[method] = a
+        maps[method] = a.sum(0) if SIGNED[method] else np.abs(a).max(0)
     names = _class_names(model)
     return Attributions(target, names[target], raw, maps, {m: SIGNED[m] for m in methods}, picture, pretrained,
                         None if pretrained else RANDOM_NOTE, delta, float(logits[target]))
@@ -212,6 +236,7 @@ def _chosen_mixers(model, blocks):
     return out
 
 
+@on_inference_copy
 def route_contributions(model, image, target: int | None = None, *, blocks=None, pretrained: bool | None = None,
                         image_size: int = 224, progress=None, bar: bool = True):
     """How much each scan direction adds to the class `target`'s logit (default: the top class).
@@ -228,7 +253,7 @@ def route_contributions(model, image, target: int | None = None, *, blocks=None,
     x, _ = image_input(image, image_size)
     x = x.to(next(model.parameters()).device)
     names = _class_names(model)
-    with torch.no_grad(), evaluation_mode(model):
+    with torch.no_grad():
         logits = model(x)[0]
         target = _target(model, logits, target)
         full = float(logits[target])

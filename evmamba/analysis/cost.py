@@ -12,15 +12,15 @@ The paper's convention (the authors' fvcore count, also VMamba's):
     routes, so ES2D counts its padded sub-maps (K = p² routes of ⌈H/p⌉·⌈W/p⌉ tokens, D = K·d) and SS2D
     its four full-length routes (D = 4·d).
 
-`count_flops` runs the model once on the meta device (no data, no arithmetic) under a dispatch-level
-counter; every scan mixer's scan is replaced, in a private copy of the model, by the formula above, so
-the scan's inner operations are never counted twice. torch's own `FlopCounterMode` counts 2 FLOPs per
-multiply-add and ignores norms and pooling; the tests hold the conv and matmul part against it.
+`count_flops` runs a private meta-device copy of the model once (no data, no arithmetic) under a
+dispatch-level counter; a per-call probe (evmamba.probes) has every scan mixer count its scan by the
+formula above instead of running it, so the scan's inner operations are never counted twice. torch's own
+`FlopCounterMode` counts 2 FLOPs per multiply-add and ignores norms and pooling; the tests hold the conv
+and matmul part against it.
 """
 from __future__ import annotations
 
 import copy
-import types
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -28,7 +28,9 @@ import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..blocks import ChannelGate, EVSSBlock, EVSSStage, InvertedResidual, IRStage, PatchMerging
+from ..checks import integer
 from ..mixer import SelectiveScan2D
+from ..probes import probe
 
 if TYPE_CHECKING:  # pandas is imported when a table is made: `import evmamba` does not need it
     import pandas as pd
@@ -168,15 +170,16 @@ class _Counter(TorchDispatchMode):
         return out
 
 
-def _counted_scan_map(counter: _Counter):
-    """A mixer's scan_map whose selective scan is counted by formula and not run (its output is zeros,
-    which on the meta device costs nothing); the projections before it are counted as operators."""
+def _counted_scan(counter: _Counter):
+    """A mixer's scan map (a probe's replacement) whose selective scan is counted by formula and not run (its
+    output is zeros, which on the meta device costs nothing); the projections before it are counted as
+    operators."""
 
-    def scan_map(self: SelectiveScan2D, x: torch.Tensor) -> torch.Tensor:
-        routes, u, dt, Bs, Cs = self.ssm_inputs(x)
+    def scan_map(mixer: SelectiveScan2D, x: torch.Tensor) -> torch.Tensor:
+        routes, u, dt, Bs, Cs = mixer.ssm_inputs(x)
         batch, channels, length = u.shape  # channels = K·d: every route's channels
-        counter.add("scan", scan_flops(batch, length, channels, self.d_state))
-        return self.merge(torch.zeros_like(u), self.tables(x.shape[2], x.shape[3], x.device))
+        counter.add("scan", scan_flops(batch, length, channels, mixer.d_state))
+        return mixer.merge(torch.zeros_like(u), mixer.tables(x.shape[2], x.shape[3], x.device))
 
     return scan_map
 
@@ -231,10 +234,9 @@ class FlopCount(NamedTuple):
 def _image_shape(image_size) -> tuple[int, int]:
     if isinstance(image_size, int) and not isinstance(image_size, bool):
         image_size = (image_size, image_size)
-    if (not isinstance(image_size, (tuple, list)) or len(image_size) != 2
-            or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in image_size)):
+    if not isinstance(image_size, (tuple, list)) or len(image_size) != 2:
         raise ValueError(f"image_size must be a positive integer or a (height, width) pair, got {image_size!r}")
-    return int(image_size[0]), int(image_size[1])
+    return tuple(integer(v, "image_size", low=1) for v in image_size)
 
 
 def count_flops(model: nn.Module, image_size=224, batch_size: int = 1) -> FlopCount:
@@ -252,14 +254,11 @@ def count_flops(model: nn.Module, image_size=224, batch_size: int = 1) -> FlopCo
         raise ValueError(f"count_flops takes a torch module (e.g. evmamba.build_model('tiny')), got "
                          f"{type(model).__name__}")
     height, width = _image_shape(image_size)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = integer(batch_size, "batch_size", low=1)
 
     counted = _meta_copy(model).eval()
     counter = _Counter()
-    for m in counted.modules():
-        if isinstance(m, SelectiveScan2D):
-            m.scan_map = types.MethodType(_counted_scan_map(counter), m)
+    scans = {m: _counted_scan(counter) for m in counted.modules() if isinstance(m, SelectiveScan2D)}
 
     rows = _rows(counted)
     grids: dict[str, str] = {}
@@ -280,7 +279,7 @@ def count_flops(model: nn.Module, image_size=224, batch_size: int = 1) -> FlopCo
         handles.append(m.register_forward_pre_hook(enter(name)))
         handles.append(m.register_forward_hook(leave))
     try:
-        with torch.no_grad(), counter:
+        with torch.no_grad(), probe(scans=scans), counter:
             counted(torch.empty(batch_size, 3, height, width, device="meta"))
     finally:
         for h in handles:

@@ -7,7 +7,8 @@
 
 Each panel shows the normalised map, the output position the ERF was taken at (a ring; for an ES2D route
 the position on its sub-map nearest the requested one, with the requested one as a small cross), the
-square holding 99% of the contribution, and the high-contribution area ratios.
+square holding 99% of the contribution, and the high-contribution area ratios, in RepLKNet's convention
+unless another is asked for (see erf_maps; "none" where RepLKNet's has no value).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from .erf import ERF, THRESHOLDS, RouteERFs
+from .erf_maps import check_convention
 from .style import paper_style, route_colour
 
 ALL_COLOUR = "#333333"
@@ -27,17 +29,24 @@ def _colour(e: ERF) -> str:
     return ALL_COLOUR if e.route is None else route_colour(e.route)
 
 
-def _ratios_text(e: ERF, thresholds) -> str:
-    items = [f"{t:g}: {100 * r:.2g}%" for t, r in e.area_ratios(thresholds).items()]
+CONVENTION_NAMES = {"replknet": "RepLKNet", "cell-centred": "cell-centred"}
+
+
+def _percent(r: float) -> str:
+    return "none" if np.isnan(r) else f"{100 * r:.2g}%"
+
+
+def _ratios_text(e: ERF, thresholds, convention) -> str:
+    items = [f"{t:g}: {_percent(r)}" for t, r in e.area_ratios(thresholds, convention).items()]
     lines = ["  ".join(items[i:i + 2]) for i in range(0, len(items), 2)]
-    return "area ratio at " + "\n".join(lines)
+    return f"area ratio ({CONVENTION_NAMES[convention]}) at " + "\n".join(lines)
 
 
 def _outline():
     return [patheffects.withStroke(linewidth=2.2, foreground="white")]
 
 
-def _panel(ax, e: ERF, result: RouteERFs, normalisation, exponent, thresholds, square, cmap):
+def _panel(ax, e: ERF, result: RouteERFs, normalisation, exponent, thresholds, square, cmap, convention):
     img = ax.imshow(e.normalised(normalisation, exponent), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
     colour = _colour(e)
     ax.set_title(("all routes\n" if e.route is None else f"route {e.route}\n{e.route_name}"), color=colour,
@@ -48,8 +57,9 @@ def _panel(ax, e: ERF, result: RouteERFs, normalisation, exponent, thresholds, s
         side.set_linewidth(1.6 if e.route is not None else 0.8)
     ax.set_xticks([])
     ax.set_yticks([])
-    if square is not None:
-        r0, c0, r1, c1 = e.square(square)
+    box = e.square(square, convention) if square is not None else None
+    if box is not None:
+        r0, c0, r1, c1 = box
         ax.add_patch(Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, fill=False, lw=0.8, ls="--",
                                ec="white", gid="square"))
     cy, cx = e.centre
@@ -61,7 +71,7 @@ def _panel(ax, e: ERF, result: RouteERFs, normalisation, exponent, thresholds, s
         rcy, rcx = _centre_of(result, result.requested)
         ax.plot([rcx], [rcy], marker="x", ms=4, color="white", mew=1.0, gid="requested")
         where += f" (asked {tuple(result.requested)})"
-    ax.set_xlabel(where + "\n" + _ratios_text(e, thresholds), fontsize=6, linespacing=1.3)
+    ax.set_xlabel(where + "\n" + _ratios_text(e, thresholds, convention), fontsize=6, linespacing=1.3)
     return img
 
 
@@ -93,11 +103,14 @@ def _named(results, what: str) -> dict:
 
 
 def erf_figure(results, *, normalisation: str = "power", exponent: float = 0.2, thresholds=THRESHOLDS,
-               square: float | None = 0.99, cmap: str = "magma", title: str | None = None) -> Figure:
+               square: float | None = 0.99, cmap: str = "magma", title: str | None = None,
+               convention: str = "replknet") -> Figure:
     """One row per result (a RouteERFs, or a dict label -> RouteERFs, or a list): the ERF of all routes
     together, then of each route alone, each in its route's colour; maps normalised by `normalisation`
-    (power with `exponent`, log or linear); the dashed square holds `square` of the contribution."""
+    (power with `exponent`, log or linear); the dashed square holds `square` of the contribution; area
+    ratios in `convention` (replknet or cell-centred)."""
     results = _named(results, "erf_figure")
+    check_convention(convention)
     rows = []  # (label, result, erfs of one figure row)
     for label, r in results.items():
         erfs = r.all()
@@ -110,7 +123,7 @@ def erf_figure(results, *, normalisation: str = "power", exponent: float = 0.2, 
         img = None
         for (label, result, erfs), row_axes in zip(rows, axes):
             for ax, e in zip(row_axes, erfs):
-                img = _panel(ax, e, result, normalisation, exponent, thresholds, square, cmap)
+                img = _panel(ax, e, result, normalisation, exponent, thresholds, square, cmap, convention)
             for ax in row_axes[len(erfs):]:
                 ax.set_visible(False)
             if label is not None:
@@ -127,22 +140,25 @@ def erf_figure(results, *, normalisation: str = "power", exponent: float = 0.2, 
     return fig
 
 
-def area_ratio_figure(results, *, thresholds=THRESHOLDS, title: str | None = None) -> Figure:
+def area_ratio_figure(results, *, thresholds=THRESHOLDS, title: str | None = None,
+                      convention: str = "replknet") -> Figure:
     """High-contribution area ratio against the threshold, one line per route (all routes: dark, thick),
-    one panel per result (a RouteERFs, or a dict label -> RouteERFs, or a list)."""
+    one panel per result (a RouteERFs, or a dict label -> RouteERFs, or a list); ratios in `convention`
+    (thresholds where RepLKNet's convention has no value are left out of the line)."""
     results = _named(results, "area_ratio_figure")
+    check_convention(convention)
     with paper_style():
         fig = Figure(figsize=(2.6 * len(results) + 0.4, 2.4), layout="constrained")
         axes = np.atleast_1d(fig.subplots(1, len(results), squeeze=False)[0])
         for ax, (label, r) in zip(axes, results.items()):
             for e in r.all():
-                ratios = e.area_ratios(thresholds)
+                ratios = {t: v for t, v in e.area_ratios(thresholds, convention).items() if not np.isnan(v)}
                 ax.plot(list(ratios), [100 * v for v in ratios.values()], marker="o", ms=3, color=_colour(e),
                         lw=1.8 if e.route is None else 1.0,
                         label="all routes" if e.route is None else f"{e.route}: {e.route_name}")
             ax.set_yscale("log")
             ax.set_xlabel("threshold (share of the total contribution)")
-            ax.set_ylabel("area ratio (% of the map)")
+            ax.set_ylabel(f"area ratio, {CONVENTION_NAMES[convention]} (% of the map)")
             ax.set_title(_label(r) if label is None else f"{label} {_label(r)}", fontsize=7, wrap=True)
             ax.legend(frameon=False, fontsize=6)
         if title:

@@ -34,8 +34,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..checks import integer
 from ..mixer import SelectiveScan2D
-from .interventions import evaluation_mode
+from .interventions import capturing, check_route, on_inference_copy
 from .progress import track
 
 REDUCTIONS = ("abs", "mean", None)
@@ -73,8 +74,7 @@ def implicit_attention(delta, A, B, C, *, reduce: str | None = "abs", block: int
     Blocks of `block` columns; float64 exponents, results in `dtype`."""
     if reduce not in REDUCTIONS:
         raise ValueError(f"unknown reduce {reduce!r}: valid values are 'abs', 'mean' and None (every channel)")
-    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
-        raise ValueError(f"block must be a positive integer, got {block!r}")
+    block = integer(block, "block", low=1)
     d, length, n = _check_inputs(delta, A, B, C)
     if reduce is None and d * length * length > MAX_PER_CHANNEL:
         raise ValueError(f"every channel of a {length}-token route is {d}x{length}x{length} numbers: average "
@@ -201,30 +201,19 @@ class HiddenAttention:
         return out[: self.grid[0], : self.grid[1]], used
 
 
-def _check_route(mixer: SelectiveScan2D, route):
-    if isinstance(route, bool) or not isinstance(route, int) or not 0 <= route < mixer.num_routes:
-        raise ValueError(f"route must be an integer in 0..{mixer.num_routes - 1} ({mixer.scan} has "
-                         f"{mixer.num_routes} routes), got {route!r}")
-    return route
-
-
+@on_inference_copy
 def conv_activations(mixer: SelectiveScan2D, x: torch.Tensor) -> torch.Tensor:
     """The scan's input for the mixer input x (B, H, W, C): SiLU(conv2d(x-half of in_proj(x))), (B, d, H, W),
-    captured from the mixer's own forward pass (a hook on its conv2d)."""
-    got = []
-    handle = mixer.conv2d.register_forward_hook(lambda m, args, out: got.append(out.detach()))
-    try:
-        with torch.no_grad(), evaluation_mode(mixer):
-            mixer(x)
-    finally:
-        handle.remove()
-    return F.silu(got[0])
+    recorded from the mixer's own forward pass (a per-call probe; the mixer is not changed)."""
+    with torch.no_grad(), capturing(mixer) as probe:
+        mixer(x)
+    return probe.captured[mixer, "scan_input"][0]
 
 
 def route_ssm(mixer: SelectiveScan2D, x_conv: torch.Tensor, route: int, sample: int = 0):
     """(routes, u, delta, A, B, C, D) of one route for one sample of the conv activations (B, d, H, W):
     u and delta (d, L) (delta after bias and softplus), A (d, N), B and C (N, L), D (d,)."""
-    route = _check_route(mixer, route)
+    route = check_route(mixer, route)
     with torch.no_grad():
         routes, u, dt, Bs, Cs = mixer.ssm_inputs(x_conv[sample:sample + 1])
         A, D, bias = mixer.ssm_parameters(u.dtype)
@@ -270,12 +259,11 @@ def _pick_mixer(model, mixer):
         if mixer not in names:
             raise ValueError(f"no mixer named {mixer!r}: the mixers are {', '.join(names)}")
         return mixers[names.index(mixer)]
-    if isinstance(mixer, bool) or not isinstance(mixer, int) or not 0 <= mixer < len(mixers):
-        raise ValueError(f"mixer must be an index in 0..{len(mixers) - 1} or a name ({', '.join(names)}), "
-                         f"got {mixer!r}")
-    return mixers[mixer]
+    return mixers[integer(mixer, "mixer", 0, len(mixers) - 1, what="an index",
+                          note=f" or a name ({', '.join(names)})")]
 
 
+@on_inference_copy
 def model_hidden_attention(model, image="chelsea", *, mixer=0, routes=None, reduce: str = "abs", image_size: int = 224,
                            seed: int = 0, channels=None, block: int = 64, progress=None,
                            bar: bool = True) -> list[HiddenAttention]:
@@ -293,19 +281,13 @@ def model_hidden_attention(model, image="chelsea", *, mixer=0, routes=None, redu
     else:
         from .images import image_batch
         x, _ = image_batch([image] if not isinstance(image, (list, tuple)) else image[:1], size=image_size)
-    got = []
-    handle = m.conv2d.register_forward_hook(lambda mod, args, out: got.append(out.detach()))
-    try:
-        with torch.no_grad(), evaluation_mode(model):
-            stage = int(name.split(".")[1])
-            model.forward_stages(x[:1].to(device), upto=stage)
-    finally:
-        handle.remove()
-    x_conv = F.silu(got[0])
+    with torch.no_grad(), capturing(m) as probe:
+        model.forward_stages(x[:1].to(device), upto=int(name.split(".")[1]))
+    x_conv = probe.captured[m, "scan_input"][0]
     from .images import to_picture
     picture = None if isinstance(image, str) and image == "random" else to_picture(x[:1])
     wanted = range(m.num_routes) if routes is None else [routes] if isinstance(routes, int) else list(routes)
-    wanted = [_check_route(m, k) for k in wanted]
+    wanted = [check_route(m, k) for k in wanted]
     out = []
     for k in track(wanted, len(wanted), f"hidden attention of {name}", progress, bar=False):
         att = hidden_attention(m, x_conv, k, reduce=reduce, channels=channels, block=block, name=name, bar=bar)

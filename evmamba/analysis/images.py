@@ -77,6 +77,16 @@ def _sample(name: str) -> np.ndarray:
     return _as_rgb_uint8(out, f"sample {name!r}")
 
 
+def _eight_bit(im) -> np.ndarray:
+    """A PIL image as 8-bit RGB values. 16-bit and 32-bit integer greys (PNG's 16-bit mode) are scaled from
+    their full range (PIL's own conversion would clip every value above 255 to white)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(im).astype(np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or (a.size and a.max() <= 65535) else float(2 ** 31 - 1)
+        return np.round(np.clip(a, 0, top) / top * 255).astype(np.uint8)
+    return np.asarray(im.convert("RGB"))
+
+
 def _read_file(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
     try:
@@ -84,7 +94,7 @@ def _read_file(path: Path) -> np.ndarray:
             if im.width * im.height > MAX_PIXELS:
                 raise ValueError(f"{path} is {im.width}x{im.height} pixels, more than this tool reads "
                                  f"({MAX_PIXELS // 10**6} megapixels): downscale it first")
-            return _as_rgb_uint8(np.asarray(im.convert("RGB")), str(path))
+            return _as_rgb_uint8(_eight_bit(im), str(path))
     except Image.DecompressionBombError:
         raise ValueError(f"{path} is too large to decode safely: downscale it below "
                          f"{MAX_PIXELS // 10**6} megapixels first") from None
@@ -190,9 +200,17 @@ def to_picture(x) -> np.ndarray:
     return np.clip(x.transpose(1, 2, 0), 0.0, 1.0)
 
 
-def image_batch(source=None, size: int = 224):
-    """(x, names): the images of `source` (as in `load_images`) preprocessed for the ImageNet models
-    (resize, centre crop to size×size, normalise): x is (N, 3, size, size) float32."""
-    from ..imagenet import preprocess
+RESIZES = ("crop", "stretch")
+
+
+def image_batch(source=None, size: int = 224, resize: str = "crop"):
+    """(x, names): the images of `source` (as in `load_images`) as a normalised batch x (N, 3, size, size)
+    float32. resize: "crop" (the ImageNet evaluation transform: resize, centre crop; evmamba.preprocess) or
+    "stretch" (the whole image resized to size×size, bicubic, then normalised: RepLKNet's ERF transform)."""
+    from ..checks import choice
+    from ..imagenet import preprocess, stretched
+    choice(resize, "resize", RESIZES, plural="resize modes")
     named = load_images(source)
-    return preprocess([a for _, a in named], size=size), [n for n, _ in named]
+    pictures = [a for _, a in named]
+    x = preprocess(pictures, size=size) if resize == "crop" else stretched(pictures, size=size)
+    return x, [n for n, _ in named]

@@ -1,24 +1,30 @@
-"""Temporary changes to a model for analyses, always undone: keep or drop scan routes, replace the scan by
-identity, evaluation mode. Each is a context manager, so an exception inside cannot leave a model altered.
+"""What analyses do to a model's forward pass, without changing the model: keep or drop scan routes,
+replace the scan by the identity, capture what a layer receives, run in evaluation mode. Each is a
+context manager over a per-call probe (evmamba.probes), active for the forward passes of the calling
+thread inside the block, so two analyses can share one model at the same time.
 
     with keep_only_route(model, 2):       # every mixer merges only route 2's scan output
         ...
     with drop_route(model.layers[0].blocks[1], 0):
         ...
+    with for_inference(model) as model:   # the model itself when nothing in it behaves differently in
+        ...                               # training, else an evaluation-mode copy (the caller's model
+                                          # keeps its mode), with the caller's probes carried over
 """
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 
 import torch
 import torch.nn as nn
 
+from ..blocks import DropPath
+from ..checks import integer
 from ..mixer import SelectiveScan2D
-
-
-def scan_mixers(module: nn.Module) -> list[tuple[str, SelectiveScan2D]]:
-    """(name, mixer) for every selective-scan mixer in `module` (the module itself included)."""
-    return [(n, m) for n, m in module.named_modules() if isinstance(m, SelectiveScan2D)]
+from ..model import scan_mixers
+from ..probes import Probe, active, identity_scan, probe, using
 
 
 def _mixers(target) -> list[SelectiveScan2D]:
@@ -33,35 +39,27 @@ def _mixers(target) -> list[SelectiveScan2D]:
     return mixers
 
 
-def _check_route(mixer: SelectiveScan2D, k: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < mixer.num_routes:
-        raise ValueError(f"route must be an integer in 0..{mixer.num_routes - 1} ({mixer.scan} at step "
-                         f"{mixer.step} has {mixer.num_routes} routes), got {k!r}")
-    return k
+def check_route(mixer: SelectiveScan2D, k) -> int:
+    return integer(k, "route", 0, mixer.num_routes - 1,
+                   note=f" ({mixer.scan} at step {mixer.step} has {mixer.num_routes} routes)")
 
 
-@contextlib.contextmanager
 def routes_kept(target, masks):
-    """Set `keep_routes` of the mixers in `target` (a mixer, a module holding mixers, or a list of mixers)
-    to `masks(mixer)` (a (K,) tensor, or None for all routes) and restore the previous values on exit."""
-    mixers = _mixers(target)
-    saved = [m.keep_routes for m in mixers]
-    try:
-        for m in mixers:
-            mask = masks(m)
-            m.keep_routes = None if mask is None else torch.as_tensor(mask, dtype=torch.float32,
-                                                                      device=m.A_logs.device)
-        yield mixers
-    finally:
-        for m, keep in zip(mixers, saved):
-            m.keep_routes = keep
+    """Context: the mixers in `target` (a mixer, a module holding mixers, or a list of mixers) weight their
+    routes' outputs in the merge by `masks(mixer)` (a (K,) tensor; None leaves that mixer as it is)."""
+    weights = {}
+    for m in _mixers(target):
+        mask = masks(m)
+        if mask is not None:
+            weights[m] = torch.as_tensor(mask, dtype=torch.float32, device=m.A_logs.device)
+    return probe(route_weights=weights)
 
 
-def _route_k_set_to(k: int, value: float):
+def _route_k_set_to(k, value: float):
     """The mask maker for routes_kept: route k gets `value`, every other route 1 - value."""
     def mask(m):
         out = torch.full((m.num_routes,), 1.0 - value)
-        out[_check_route(m, k)] = value
+        out[check_route(m, k)] = value
         return out
     return mask
 
@@ -76,33 +74,70 @@ def drop_route(target, k: int):
     return routes_kept(target, _route_k_set_to(k, 0.0))
 
 
-@contextlib.contextmanager
 def scan_replaced_by_identity(target):
     """Context: each mixer's cross-scan + selective scan + cross-merge returns its input unchanged, so the
     mixer is in_proj, depthwise 3x3 conv, SiLU, norm, gate and out_proj: only its convolutional part.
     The receptive field of a model in this context is the conv-only receptive field."""
-    mixers = _mixers(target)
-    try:
-        for m in mixers:
-            m.scan_map = _identity  # instance attribute shadows the method
-        yield mixers
-    finally:
-        for m in mixers:
-            m.__dict__.pop("scan_map", None)
+    return probe(scans={m: identity_scan for m in _mixers(target)})
 
 
-def _identity(x):
-    return x
+def capturing(*layers):
+    """Context yielding a probe that records what the given EVSS blocks and mixers receive (see
+    evmamba.probes for the capture points)."""
+    return probe(capture=layers)
+
+
+def _trains_differently(module: nn.Module) -> bool:
+    """Whether some submodule in training mode would compute differently in evaluation mode (BatchNorm on
+    batch statistics, dropout, stochastic depth)."""
+    for m in module.modules():
+        if not m.training:
+            continue
+        if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout)):
+            return True
+        if isinstance(m, DropPath) and m.p > 0:
+            return True
+    return False
 
 
 @contextlib.contextmanager
-def evaluation_mode(module: nn.Module):
-    """Context: `module` in eval mode (BatchNorm uses running statistics, no stochastic depth), so every
-    sample is computed on its own; each submodule's training flag is restored on exit."""
-    flags = [(m, m.training) for m in module.modules()]
-    try:
-        module.eval()
+def for_inference(module: nn.Module):
+    """Context yielding `module` itself when nothing in it computes differently in training mode, else an
+    evaluation-mode deep copy, so that an analysis never switches the caller's model. With a copy, the
+    probe active outside (route weights, scan replacements, captures keyed by the caller's layers) is
+    carried over to the copy's layers for the block, and what it captures is handed back."""
+    if not _trains_differently(module):
         yield module
-    finally:
-        for m, flag in flags:
-            m.training = flag
+        return
+    twin = copy.deepcopy(module).eval()
+    outer = active()
+    if outer is None:
+        yield twin
+        return
+    originals, twins = dict(module.named_modules()), dict(twin.named_modules())
+    to_twin = {id(m): twins[n] for n, m in originals.items()}
+    back = {id(twins[n]): m for n, m in originals.items()}
+
+    def there(layer):
+        return to_twin.get(id(layer), layer)
+
+    inner = Probe({there(k): v for k, v in outer.route_weights.items()},
+                  {there(k): v for k, v in outer.scans.items()}, frozenset(there(k) for k in outer.capture))
+    with using(inner):
+        yield twin
+    for (layer, point), values in inner.captured.items():
+        outer.captured.setdefault((back.get(id(layer), layer), point), []).extend(values)
+
+
+def on_inference_copy(fn):
+    """Decorator: run `fn(module, ...)` with its first argument through `for_inference` (the module
+    itself, or an evaluation-mode copy that the caller's probes follow)."""
+    @functools.wraps(fn)
+    def run(module, *args, **kwargs):
+        with for_inference(module) as m:
+            return fn(m, *args, **kwargs)
+    return run
+
+
+__all__ = ["capturing", "check_route", "drop_route", "for_inference", "keep_only_route", "on_inference_copy",
+           "routes_kept", "scan_replaced_by_identity"]

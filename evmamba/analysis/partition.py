@@ -18,6 +18,8 @@ from functools import cached_property
 
 import numpy as np
 
+from ..checks import integer
+from ..model import EfficientVMamba
 from ..routes import ScanRoutes
 from .images import load_image, sample_names
 
@@ -54,7 +56,7 @@ def _fit(image: np.ndarray, height: int, width: int) -> np.ndarray:
 def stage_routes(model, stage: int = 0, image_size=224) -> ScanRoutes:
     """The routes the scan mixers of stage `stage` (0-based) use for an image_size input (an int or
     (H, W)): `mixer.routes(h, w)` at that stage's grid (56×56 for stage 0 at 224×224)."""
-    if not hasattr(model, "mixers") or not hasattr(model, "stage_grids"):
+    if not isinstance(model, EfficientVMamba):
         raise ValueError(f"expected an EfficientVMamba model (evmamba.build_model), got {type(model).__name__}")
     if isinstance(image_size, int) and not isinstance(image_size, bool):
         image_size = (image_size, image_size)
@@ -64,8 +66,7 @@ def stage_routes(model, stage: int = 0, image_size=224) -> ScanRoutes:
         raise ValueError(f"image_size must be an integer or an (H, W) pair, got {image_size!r}") from None
     grids = model.stage_grids(ih, iw)
     with_mixers = sorted({int(n.split(".")[1]) for n, _ in model.mixers() if n.startswith("layers.")})
-    if isinstance(stage, bool) or not isinstance(stage, int) or not 0 <= stage < len(grids):
-        raise ValueError(f"stage must be an integer in 0..{len(grids) - 1}, got {stage!r}")
+    stage = integer(stage, "stage", 0, len(grids) - 1)
     mixers = [m for n, m in model.mixers() if n.startswith(f"layers.{stage}.")]
     if not mixers:
         raise ValueError(f"stage {stage} has no scan mixers (no EVSS blocks); stages with scan mixers: "
@@ -83,7 +84,7 @@ def resolve_routes(source, stage=None, image_size=224) -> ScanRoutes:
         if stage is not None:
             raise ValueError("stage only applies when the source is a model; these routes already fix the grid")
         return source
-    if hasattr(source, "mixers"):
+    if isinstance(source, EfficientVMamba):
         return stage_routes(source, 0 if stage is None else stage, image_size)
     raise ValueError(f"expected scan routes (evmamba.scan_routes(...)), a Partition or a model, got "
                      f"{type(source).__name__}; for one mixer use mixer.routes(height, width)")
@@ -240,8 +241,7 @@ def partition(source, image=None, *, stage=None, image_size=224, patch: int | No
     h, w = routes.height, routes.width
     if patch is None:
         patch = max(4, round(CANVAS / max(hp, wp)))
-    if isinstance(patch, bool) or not isinstance(patch, int) or patch < 1:
-        raise ValueError(f"patch must be a positive number of pixels, got {patch!r}")
+    patch = integer(patch, "patch", low=1, what="a positive number of pixels")
     canvas = np.full((hp * patch, wp * patch, 3), PAD_GREY, dtype=np.uint8)
     if image is None:
         canvas[: h * patch, : w * patch] = 255

@@ -20,6 +20,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
+from ..checks import integer
+from ..model import EfficientVMamba
 from .partition import Partition, partition
 from .style import paper_style, route_colour
 
@@ -30,7 +32,7 @@ MAX_ARROWS = 12  # arrowheads per path when the path is long
 
 
 def _stage_note(source, stage, image_size) -> str:
-    if not hasattr(source, "mixers"):
+    if not isinstance(source, EfficientVMamba):
         return ""
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
     return f"stage {stage or 0} of the model, {h}×{w} input"
@@ -209,8 +211,7 @@ def partition_figure(source, image=None, *, stage=None, image_size=224, window: 
         ax = axes[2]
         if window is None:
             window = max(hp, wp) if max(hp, wp) <= 12 else 8
-        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise ValueError(f"window must be a positive number of patches, got {window!r}")
+        window = integer(window, "window", low=1, what="a positive number of patches")
         rows, cols = min(window, hp), min(window, wp)
         _show(ax, part.image, hp, wp, fade=0.6)
         _route_overlay(ax, part, alpha=0.25)

@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 from matplotlib.colors import to_hex
 from plotly.subplots import make_subplots
 
+from ..checks import integer
 from .partition import Partition, partition
 from .style import route_colour
 
@@ -161,8 +162,7 @@ def partition_plotly(source, image=None, *, stage=None, image_size=224, frames: 
     Click a route in the legend to hide it.
 
     source: scan routes, a Partition, or a model (with stage and image_size); image: see `partition`."""
-    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 0:
-        raise ValueError(f"frames must be a non-negative integer (0: no animation), got {frames!r}")
+    frames = integer(frames, "frames", low=0, note=" (0: no animation)")
     part = partition(source, image, stage=stage, image_size=image_size)
     hp, wp = part.padded_grid
     k_routes = part.num_routes

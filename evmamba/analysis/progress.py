@@ -25,3 +25,15 @@ def track(items: Iterable, total: int, desc: str, progress: ProgressCallback | N
             pbar.update(1)
             if progress is not None:
                 progress(min(done / total, 1.0), desc=desc)
+
+
+def part(progress: ProgressCallback | None, start: float, end: float) -> ProgressCallback | None:
+    """A progress callback for one part of a longer task: its fractions 0..1 are reported as start..end of
+    `progress` (None stays None)."""
+    if progress is None:
+        return None
+
+    def report(fraction, desc=None):
+        progress(start + (end - start) * min(max(float(fraction), 0.0), 1.0), desc=desc)
+
+    return report

@@ -1,0 +1,164 @@
+"""The pipeline's units of work, one dataclass per kind: what it measures (its fields), the configuration
+its cached result is keyed by (`key`), and the one function that computes it (`run`).
+
+    CostItem(row)                                parameters and FLOPs (any process)
+    MemoryItem(row, size, batch, device, where)  the memory of one training step
+    ErfItem(row, stage, size, inputs, seed)      receptive-field area ratios at initialisation
+    TrainItem(row, task, seed, config, folder, device, keep)   one training run
+    SpeedItem(row, batch, repeats, device, where, threads, size)   throughput and latency (timed in the
+                                                 main process, one at a time)
+    ScalingItem(row, batch, repeats, device, where, threads, sizes)  time and memory against resolution
+
+Items are plain picklable data, so worker processes run them as they are.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from evmamba.model import ModelConfig
+
+from .config import config_dict, slug
+
+
+@dataclass(frozen=True)
+class Item:
+    kind: ClassVar[str]
+    estimate: ClassVar[int] = 1  # relative run time, to start the longest first
+    row: ModelConfig
+
+    @property
+    def name(self) -> str:
+        return slug(self.row)
+
+    def key(self) -> dict:
+        """The configuration the stored result is keyed by (JSON-able)."""
+        return {"row": config_dict(self.row)}
+
+    def run(self) -> dict:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class CostItem(Item):
+    kind: ClassVar[str] = "cost"
+
+    def run(self) -> dict:
+        from .measure import static_cost
+        return static_cost(self.row)
+
+
+@dataclass(frozen=True)
+class MemoryItem(Item):
+    kind: ClassVar[str] = "memory"
+    estimate: ClassVar[int] = 3
+    size: int = 224
+    batch: int = 1
+    device: str = "cpu"
+    where: str = ""  # the device's description, part of the key
+
+    def key(self) -> dict:
+        return {**super().key(), "size": self.size, "batch": self.batch, "device": self.where}
+
+    def run(self) -> dict:
+        from .measure import peak_memory
+        return peak_memory(self.row, self.size, self.batch, self.device)
+
+
+@dataclass(frozen=True)
+class ErfItem(Item):
+    kind: ClassVar[str] = "erf"
+    estimate: ClassVar[int] = 2
+    stage: int = 1
+    size: int = 224
+    inputs: int = 2
+    seed: int = 0
+
+    def key(self) -> dict:
+        return {**super().key(), "stage": self.stage, "size": self.size, "inputs": self.inputs, "seed": self.seed}
+
+    def run(self) -> dict:
+        from .measure import erf_ratios
+        return erf_ratios(self.row, stage=self.stage, size=self.size, inputs=self.inputs, seed=self.seed)
+
+
+@dataclass(frozen=True)
+class TrainItem(Item):
+    kind: ClassVar[str] = "train"
+    task: str = "texture"
+    seed: int = 0
+    config: dict | None = None  # TrainConfig.to_dict(): what the run is keyed by
+    folder: str = ""
+    device: str = "cpu"
+    keep: bool = False  # keep the trained weights (final.pth) after the run
+
+    @property
+    def name(self) -> str:
+        return f"{slug(self.row)}-{self.task}-s{self.seed}"
+
+    @property
+    def estimate(self) -> int:  # SS2D reads four times the tokens
+        return 100 * (3 if self.row.scan == "ss2d" else 1)
+
+    def key(self) -> dict:
+        return self.config
+
+    def run(self) -> dict:
+        from .train import TrainConfig, train
+        out = Path(self.folder)
+        result = train(TrainConfig.from_dict(self.config), out, resume=True, device=self.device, bar=False)
+        (out / "last.pth").unlink(missing_ok=True)  # only needed to resume an unfinished run
+        if not self.keep:
+            (out / "final.pth").unlink(missing_ok=True)
+        return result
+
+
+@dataclass(frozen=True)
+class TimedItem(Item):
+    """Timed in the main process, one at a time: where and how it is timed is part of its key."""
+
+    batch: int = 1
+    repeats: int = 2
+    device: str = "cpu"
+    where: str = ""
+    threads: int = 1
+
+    def key(self) -> dict:
+        return {**super().key(), "batch": self.batch, "repeats": self.repeats, "device": self.where,
+                "threads": self.threads}
+
+
+@dataclass(frozen=True)
+class SpeedItem(TimedItem):
+    kind: ClassVar[str] = "speed"
+    size: int = 224
+
+    def key(self) -> dict:
+        return {**super().key(), "size": self.size}
+
+    def run(self) -> dict:
+        from .measure import speed
+        return speed(self.row, self.size, self.batch, self.repeats, self.device)
+
+
+@dataclass(frozen=True)
+class ScalingItem(TimedItem):
+    kind: ClassVar[str] = "scaling"
+    sizes: tuple = ()
+
+    def key(self) -> dict:
+        return {**super().key(), "sizes": list(self.sizes)}
+
+    def run(self) -> list:
+        from .measure import scaling
+        return scaling(self.row, self.sizes, batch=self.batch, repeats=self.repeats, device=self.device)
+
+
+def run_item(item: Item):
+    """Run one item (in a worker process or inline); its JSON-able result."""
+    return item.run()
+
+
+__all__ = ["CostItem", "ErfItem", "Item", "MemoryItem", "ScalingItem", "SpeedItem", "TimedItem", "TrainItem",
+           "run_item"]

@@ -1,0 +1,168 @@
+"""The model panel, made from ModelConfig's fields: one widget per design field (the fields tables show),
+and handlers whose API parameters are those fields, so a field added to the model appears in the panel,
+in every endpoint and in its checks without a line here.
+
+    @takes_design                      # handler(config, *its own parameters)
+    def measure_view(config, progress=gr.Progress()): ...
+
+    @takes_model                       # handler(model, what, *its own parameters); adds weights, upload, seed
+    def erf_view(model, what, level="stage", ...): ...
+"""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+import functools
+import inspect
+
+import gradio as gr
+
+from evmamba.checks import choice, flag, integer
+from evmamba.model import ModelConfig
+
+from . import models
+from . import weights as W
+
+DESIGN = [f for f in dataclasses.fields(ModelConfig) if "column" in f.metadata]
+MODEL_EXTRA = ("weights", "weights_upload", "seed")
+
+
+def _default(f):
+    value = f.default
+    if f.name == "stages":
+        return ModelConfig().layout_name
+    return value
+
+
+def _options(f) -> list | None:
+    chooser = f.metadata.get("choices")
+    return list(chooser()) if chooser else None
+
+
+def widgets(prefix: str = "") -> list:
+    """One Gradio widget per design field, in field order (call inside a gr.Row)."""
+    out = []
+    for f in DESIGN:
+        label = prefix + f.metadata["column"]
+        options = _options(f)
+        if options is not None:
+            out.append(gr.Dropdown(options, value=_default(f), label=label, info=f.metadata.get("doc")))
+        elif f.type == "bool":
+            out.append(gr.Checkbox(value=f.default, label=label, info=f.metadata.get("doc")))
+        elif "range" in f.metadata:
+            low, high = f.metadata["range"]
+            out.append(gr.Slider(low, high, value=f.default, step=1, label=label, info=f.metadata.get("doc")))
+        else:
+            out.append(gr.Number(value=f.default, precision=0, label=label, info=f.metadata.get("doc")))
+    return out
+
+
+def _value(f, value):
+    """A web user's value of field f, checked as the widget allows (any case for choices)."""
+    options = _options(f)
+    if options is not None:
+        if isinstance(value, str):
+            value = next((o for o in options if o.lower() == value.lower()), value)
+        return choice(value, f.name.replace("_", " "), options)
+    if f.type == "bool":
+        return flag(value, f.name)
+    if "range" in f.metadata:
+        return integer(value, f.name, *f.metadata["range"])
+    return integer(value, f.name)
+
+
+def design(values: dict) -> ModelConfig:
+    """The ModelConfig of the panel's values (fields that do not apply to the design take their defaults)."""
+    config = ModelConfig(**{f.name: _value(f, values[f.name]) for f in DESIGN})
+    defaults = ModelConfig()
+    return dataclasses.replace(config, **{f.name: getattr(defaults, f.name) for f in DESIGN
+                                          if not config.applies(f.name)}).validate()
+
+
+def _wrap(fn, extra: list[inspect.Parameter], make, default=_default):
+    """A handler with the design fields, `extra` and fn's own parameters (after the ones `make` fills) as its
+    signature (what Gradio names the API's parameters by), calling fn(*make(values), **its own)."""
+    own = list(inspect.signature(fn).parameters.values())[make.consumes:]
+    fields = [inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default(f)) for f in DESIGN]
+    signature = inspect.Signature(fields + extra + own)
+
+    def split(args, kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return dict(bound.arguments), {p.name: bound.arguments[p.name] for p in own}
+
+    if inspect.iscoroutinefunction(fn):
+        async def handler(*args, **kwargs):
+            values, rest = split(args, kwargs)
+            context = contextvars.copy_context()  # building a model takes seconds: not on the event loop
+            first = await asyncio.get_running_loop().run_in_executor(None, context.run, make, values)
+            return await fn(*first, **rest)
+    else:
+        def handler(*args, **kwargs):
+            values, rest = split(args, kwargs)
+            return fn(*make(values), **rest)
+
+    functools.update_wrapper(handler, fn)
+    del handler.__wrapped__  # Gradio reads __signature__; inspect must not follow the wrapped function
+    handler.__signature__ = signature
+    return handler
+
+
+def _maker(consumes):
+    def decorate(make):
+        make.consumes = consumes
+        return make
+    return decorate
+
+
+@_maker(1)
+def _design_only(values):
+    return (design(values),)
+
+
+@_maker(2)
+def _with_model(values):
+    config = design(values)
+    chosen = W.resolve(values["weights"], values["weights_upload"])
+    seed = integer(values["seed"], "seed", 0, 2**31 - 1)
+    return models.get(config, chosen, seed)
+
+
+@_maker(1)
+def _filters(values):
+    return ({f.name: values[f.name] for f in DESIGN if values[f.name] not in (None, "", "all")},)
+
+
+def filter_widgets(tables: dict) -> list:
+    """One dropdown per design field, "all" first, then the values that field's column takes in `tables`
+    (the ablation tables as loaded), in field order."""
+    out = []
+    for f in DESIGN:
+        column = f.metadata["column"]
+        values = sorted({str(v) for df in tables.values() if column in df.columns for v in df[column]})
+        out.append(gr.Dropdown(["all", *values], value="all", label=column))
+    return out
+
+
+def takes_filters(fn):
+    """A handler fn(filters, ...) becomes one whose parameters are the design fields, each "all" by default;
+    fn receives {field: value} for the fields given another value."""
+    return _wrap(fn, [], _filters, default=lambda f: "all")
+
+
+def takes_design(fn):
+    """A handler fn(config, ...) becomes one whose parameters are the design fields, then fn's own."""
+    return _wrap(fn, [], _design_only)
+
+
+def takes_model(fn):
+    """A handler fn(model, what, ...) becomes one whose parameters are the design fields, the weights
+    choice, an uploaded checkpoint and the seed of random weights, then fn's own."""
+    extra = [inspect.Parameter("weights", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=W.RANDOM),
+             inspect.Parameter("weights_upload", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
+             inspect.Parameter("seed", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=0)]
+    return _wrap(fn, extra, _with_model)
+
+
+__all__ = ["DESIGN", "MODEL_EXTRA", "design", "takes_design", "takes_model", "widgets"]

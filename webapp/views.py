@@ -1,0 +1,299 @@
+"""One handler per tab: check the web user's values, refuse a request over budget before it starts, call
+evmamba or ablations in a job (see jobs), and turn the result into widgets' values."""
+from __future__ import annotations
+
+import functools
+import os
+
+import gradio as gr
+import numpy as np
+
+import evmamba
+from evmamba.analysis import attribution as attr_lib
+from evmamba.analysis import erf as erf_lib
+from evmamba.analysis import hidden_attention as att_lib
+from evmamba.analysis.attribution_figures import attribution_figure, route_contribution_figure
+from evmamba.analysis.erf_figures import erf_figure
+from evmamba.analysis.hidden_attention_figures import attention_row_figure, hidden_attention_figure
+from evmamba.analysis.images import DEFAULT_SAMPLES, fit_image, sample_names
+from evmamba.analysis.partition_plotly import partition_plotly, regrouped_plotly, scan_comparison_plotly
+from evmamba.checks import choice, integer
+from evmamba.routes import SCANS
+
+from . import jobs
+from .errors import shows_errors
+from .panel import takes_design, takes_filters, takes_model
+from .settings import MAX_GRID, MAX_IMAGE_BYTES, MAX_IMAGES, MAX_STEP, SETTINGS
+
+SAMPLES = sample_names()
+ATTRIBUTION_METHODS = {"Integrated Gradients": "integrated_gradients", "Saliency": "saliency",
+                       "Input x Gradient": "input_x_gradient", "SmoothGrad": "smoothgrad"}
+IG_STEPS, SMOOTHGRAD_SAMPLES = 24, 8
+INPUTS = ("random", "natural images")
+
+
+# ---- inputs -------------------------------------------------------------------------------------------
+def pick_image(sample: str, upload) -> tuple[np.ndarray, str | None, str]:
+    """(picture, note, name) from an uploaded file if there is one, else the chosen sample."""
+    if upload:
+        path = upload if isinstance(upload, str) else getattr(upload, "name", str(upload))
+        if os.path.getsize(path) > MAX_IMAGE_BYTES:
+            raise ValueError(f"{os.path.basename(path)} is {os.path.getsize(path) / 2**20:.0f} MB: images up to "
+                             f"{MAX_IMAGE_BYTES // 2**20} MB are read here; downscale it first")
+        try:
+            picture, note = fit_image(path)
+        except ValueError as e:  # name the file as the user knows it, not by the server's temporary path
+            raise ValueError(str(e).replace(path, os.path.basename(path))) from None
+        return picture, note, os.path.basename(path)
+    if sample in (None, ""):
+        raise ValueError("no image: upload one, or choose a sample image")
+    return fit_image(choice(sample, "sample image", SAMPLES))[0], None, sample
+
+
+def notes(*items) -> str:
+    return "\n".join(f"- {n}" for n in items if n)
+
+
+# ---- tab 1: skip-sampling ------------------------------------------------------------------------------
+@shows_errors
+def partition_view(scan="ES2D", height=8, width=8, step=2, sample="astronaut", upload=None):
+    scan = choice(scan.lower() if isinstance(scan, str) else scan, "scan", SCANS)
+    height = integer(height, "grid height", 1, MAX_GRID)
+    width = integer(width, "grid width", 1, MAX_GRID)
+    step = integer(step, "step", 1, MAX_STEP) if scan == "es2d" else 2
+    if scan == "es2d" and step > max(height, width):
+        raise ValueError(f"step {step} is larger than the {height}x{width} grid: every sub-map would hold one "
+                         f"patch or none; choose a step of at most {max(height, width)}")
+    picture, note, name = pick_image(sample, upload)
+    routes = evmamba.scan_routes(scan, height, width, step)
+    main = partition_plotly(routes, picture, frames=40 if routes.tokens_read <= 16384 else 20)
+    main.update_layout(width=None, autosize=True, margin=dict(t=130),
+                       legend=dict(orientation="h", yanchor="bottom", y=1.01, x=0))
+    regrouped = regrouped_plotly(routes, picture)
+    ch, cw = min(height, 16), min(width, 16)
+    comparison = scan_comparison_plotly(picture, height=ch, width=cw, step=step if scan == "es2d" else 2)
+    ss2d = evmamba.scan_routes("ss2d", height, width)
+    summary = notes(
+        f"{scan.upper()} on a {height}x{width} grid" + (f" with step {step}" if scan == "es2d" else "")
+        + f": {routes.num_routes} routes of {routes.length} tokens, {routes.tokens_read} tokens read "
+        f"(SS2D reads {ss2d.tokens_read}).",
+        (f"padded to {routes.padded_height}x{routes.padded_width}: the hatched patches are zeros that the scan "
+         "reads and whose outputs are dropped") if routes.padded_shape != (height, width) else None,
+        f"comparison drawn on a {ch}x{cw} grid so every step stays readable" if (ch, cw) != (height, width) else None,
+        note, f"image: {name}")
+    return main, regrouped, comparison, summary
+
+
+# ---- tab 2: receptive fields ---------------------------------------------------------------------------
+def _natural(count: int):
+    names = list(DEFAULT_SAMPLES) + [n for n in SAMPLES if n not in DEFAULT_SAMPLES]
+    return [names[i % len(names)] for i in range(count)]
+
+
+def erf_cost(config, level: str, count: int) -> float:
+    """Estimated seconds: a forward and backward pass per input and per map (all routes, then each alone)."""
+    maps = 1 + evmamba.routes.num_routes(config.scan, config.step)
+    share = 1.0 if level in ("stage", "network") else 0.15  # one mixer or block is a small part of the network
+    return jobs.passes_cost(config, count * maps * share)
+
+
+@shows_errors
+@takes_model
+async def erf_view(model, what, level="stage", stage=0, block=0, row=-1, col=-1, inputs="random", count=1,
+                   progress=gr.Progress()):
+    level = choice(level, "level", erf_lib.LEVELS)
+    count = integer(count, "number of images", 1, MAX_IMAGES)
+    stage = integer(stage, "stage", 0, len(model.layers) - 1)
+    block = integer(block, "block", 0, max(len(s.blocks) for s in model.layers) - 1)
+    row, col = integer(row, "row", -1, 4096), integer(col, "column", -1, 4096)
+    if (row < 0) != (col < 0):
+        raise ValueError("set both the output row and column, or both to -1 for the centre")
+    inputs = choice(inputs, "inputs", INPUTS)
+    jobs.check_budget(erf_cost(model.config, level, count), "receptive field",
+                      "average over fewer images, or choose a smaller variant or ES2D")
+    source = "random" if inputs == "random" else _natural(count)
+    result = await jobs.run(erf_lib.effective_receptive_fields, model, level, stage=stage, block=block,
+                            inputs=source, num_inputs=count if inputs == "random" else None,
+                            position=None if row < 0 else (row, col), bar=False, progress=progress)
+    info = notes(what, f"level {level}: {result.module}; output grid {result.output_grid[0]}x"
+                 f"{result.output_grid[1]}, position {result.requested}; area ratios in RepLKNet's convention "
+                 "(and the cell-centred one beside them); click the map on the right to pick another output "
+                 "position", *result.notes)
+    return (erf_figure([result]), result.table().round(4), info, picker_image(result),
+            (*result.input_shape, *result.output_grid))
+
+
+def picker_image(result) -> np.ndarray:
+    """The combined ERF as a picture (power 0.2), upscaled to at least 224 pixels, the position marked."""
+    m = result.combined.normalised("power", 0.2)
+    scale = max(1, int(np.ceil(224 / max(m.shape))))
+    rgb = np.repeat((np.stack([m, m ** 0.5, 0.4 + 0.6 * m], -1) * 255).astype(np.uint8), scale, 0).repeat(scale, 1)
+    ih, iw = result.input_shape
+    oh, ow = result.output_grid
+    r, c = result.requested
+    y, x = int((r + 0.5) * ih / oh * scale), int((c + 0.5) * iw / ow * scale)
+    rgb[max(0, y - 1): y + 2, :] = rgb[:, max(0, x - 1): x + 2] = (255, 255, 255)
+    rgb[max(0, y - 1): y + 2, max(0, x - 1): x + 2] = (255, 0, 0)
+    return rgb
+
+
+def pick_position(shape, evt: gr.SelectData):
+    """A click on the ERF picture -> the output position under it (an internal handler, not in the API)."""
+    if not shape or evt is None or evt.index is None:
+        return gr.update(), gr.update()
+    ih, iw, oh, ow = shape
+    scale = max(1, int(np.ceil(224 / max(ih, iw))))
+    x, y = evt.index[:2]
+    return min(int(y / scale * oh / ih), oh - 1), min(int(x / scale * ow / iw), ow - 1)
+
+
+# ---- tab 3: attribution ----------------------------------------------------------------------------
+def attribution_cost(config, methods) -> float:
+    passes = {"integrated_gradients": IG_STEPS, "saliency": 1, "input_x_gradient": 1,
+              "smoothgrad": SMOOTHGRAD_SAMPLES}
+    evss_blocks = sum(d for kind, d in zip(config.stages, config.depths) if kind == "evss")
+    routes = evmamba.routes.num_routes(config.scan, config.step)
+    forwards = (evss_blocks + 1) * (routes + 1) + 1  # route contributions: one forward pass each (a third)
+    return jobs.passes_cost(config, sum(passes[m] for m in methods) + forwards / 3)
+
+
+def _attribute(model, picture, target, methods, progress):
+    att = attr_lib.attributions(model, picture, target=target, methods=methods, n_steps=IG_STEPS,
+                                smoothgrad_samples=SMOOTHGRAD_SAMPLES, batch_size=4, bar=False,
+                                progress=lambda f, desc=None: progress(0.8 * f, desc=desc))
+    contributions = attr_lib.route_contributions(model, picture, target=att.target, bar=False,
+                                                 progress=lambda f, desc=None: progress(0.8 + 0.2 * f, desc=desc))
+    return att, contributions
+
+
+@shows_errors
+@takes_model
+async def attribution_view(model, what, sample="chelsea", upload=None, target=-1,
+                           methods=("Integrated Gradients", "Saliency"), progress=gr.Progress()):
+    picture, note, name = pick_image(sample, upload)
+    chosen = [ATTRIBUTION_METHODS[choice(m, "attribution method", ATTRIBUTION_METHODS)] for m in (methods or [])]
+    if not chosen:
+        raise ValueError(f"choose at least one attribution method: {', '.join(ATTRIBUTION_METHODS)}")
+    target = integer(target, "class", -1, model.num_classes - 1)
+    jobs.check_budget(attribution_cost(model.config, chosen), "attribution",
+                      "choose fewer methods (Integrated Gradients and SmoothGrad cost the most), a smaller "
+                      "variant or ES2D")
+    prediction = attr_lib.predict(model, picture)
+    top = {f"{r['name']} ({int(r['class'])})": float(r["probability"]) for _, r in prediction.classes.iterrows()}
+    att, contributions = await jobs.run(_attribute, model, picture, None if target < 0 else target, tuple(chosen),
+                                        progress=progress)
+    info = notes(what, prediction.note, note, f"image: {name}; attributions for class {att.target} "
+                 f"({att.target_name})")
+    return (top, attribution_figure(att), route_contribution_figure(contributions),
+            contributions.round(4), info)
+
+
+# ---- tab 4: hidden attention ---------------------------------------------------------------------------
+def attention_cost(config, routes: int) -> float:
+    return jobs.passes_cost(config, 0.5 * routes)  # measured: about half a pass per route at 224²
+
+
+@shows_errors
+@takes_model
+async def hidden_attention_view(model, what, mixer=0, route="all", row=28, col=28, sample="chelsea", upload=None,
+                                progress=gr.Progress()):
+    mixers = model.mixers()
+    if not mixers:
+        raise ValueError("this model has no scan mixer (all stages are inverted-residual blocks): choose a "
+                         "layout with EVSS stages")
+    mixer = integer(mixer, "mixer", 0, len(mixers) - 1)
+    picture, note, name = pick_image(sample, upload)
+    k = mixers[mixer][1].num_routes
+    routes = None if route in (None, "", "all") else [integer(route, "route", 0, k - 1)]
+    jobs.check_budget(attention_cost(model.config, k if routes is None else 1), "hidden attention",
+                      "choose one route, or a smaller variant")
+    atts = await jobs.run(att_lib.model_hidden_attention, model, picture, mixer=mixer, routes=routes, reduce="mean",
+                          bar=False, progress=progress)
+    h, w = atts[0].grid
+    row, col = integer(row, "query row", 0, h - 1), integer(col, "query column", 0, w - 1)
+    info = notes(what, f"{mixers[mixer][0]}: a {h}x{w} map; query ({row}, {col}); the mean of alpha over "
+                 f"{atts[0].channels} channels", note, f"image: {name}")
+    return attention_row_figure(atts, (row, col)), hidden_attention_figure(atts), info
+
+
+def routes_of(scan="es2d", step=2) -> list[str]:
+    """The hidden-attention tab's route choices for a scan: all, then each route of that scan."""
+    scan = str(scan).lower()
+    return ["all", *map(str, range(evmamba.routes.num_routes(scan, int(step) if scan == "es2d" else 2)))]
+
+
+def route_choices(scan, step):
+    """The route dropdown for the panel's new scan or step (an internal event)."""
+    try:
+        return gr.update(choices=routes_of(scan, step), value="all")
+    except (TypeError, ValueError):
+        return gr.update()
+
+
+# ---- tab 5: ablations ---------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def ablation_tables():
+    from ablations.browse import load_tables
+    return load_tables(SETTINGS.ablations or None)
+
+
+def table_names() -> list[str]:
+    """The ablation tables in the grid's order, then any others the run wrote (erf_init, scaling)."""
+    from ablations.config import load_grid
+    tables = ablation_tables()
+    return [n for n in load_grid().tables if n in tables] + [n for n in tables if n not in load_grid().tables]
+
+
+def ablation_titles() -> dict:
+    from ablations.config import load_grid
+    return {t.name: f"**{t.title}.** {t.question}" for t in load_grid().tables.values()}
+
+
+def chart_columns(table) -> list[str]:
+    """The columns of an ablation table that hold numbers (the chart's choices)."""
+    from ablations.browse import numeric_columns
+    tables = ablation_tables()
+    return numeric_columns(tables[table]) if table in tables else []
+
+
+def table_columns(table):
+    """The chart-column dropdown for another table (an internal event)."""
+    columns = chart_columns(table)
+    return gr.update(choices=columns, value=columns[0] if columns else None)
+
+
+@shows_errors
+@takes_filters
+def ablation_view(selection, table="scan_fusion", column="FLOPs (G, 224²)"):
+    from ablations.browse import column_chart, filter_rows, numeric_columns
+    tables = ablation_tables()
+    table = choice(table, "table", tables)
+    df = filter_rows(tables[table], **selection)
+    if df.empty:
+        raise ValueError("no row of this table matches these filters: set some of them back to 'all'")
+    columns = numeric_columns(df)
+    note = None
+    if column not in columns:
+        note = f"column {str(column)[:80]!r} has no numbers in this table; showing {columns[0]!r}" if columns else None
+        column = columns[0] if columns else None
+    chart = column_chart(df, column) if column else None
+    info = notes(ablation_titles().get(table), f"{len(df)} rows. Columns marked [paper] or [authors' code] are the "
+                 "paper's reference numbers; every other cell was measured by this project (see "
+                 "assets/ablations/index.md for how, on which device and with which seeds).", note)
+    return df, chart, info
+
+
+@shows_errors
+@takes_design
+async def measure_view(config, measured=None, progress=gr.Progress()):
+    from ablations.browse import measure_row
+    jobs.check_budget(jobs.passes_cost(config, 12), "measurement", "choose a smaller variant or ES2D")
+    row = await jobs.run(measure_row, config, device=SETTINGS.device, progress=progress)
+    import pandas as pd
+    previous = measured if isinstance(measured, pd.DataFrame) and not measured.empty else None
+    table = row if previous is None else pd.concat([previous, row], ignore_index=True)
+    return table, table
+
+
+__all__ = ["ablation_view", "attribution_view", "erf_view", "hidden_attention_view", "measure_view",
+           "partition_view", "pick_position", "route_choices", "table_columns"]

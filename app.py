@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import evmamba
-from webapp import jobs, models, views
+from webapp import jobs, memory, models, views
 from webapp.layout import build_demo
 from webapp.settings import MAX_UPLOAD, SETTINGS
 
@@ -57,6 +57,7 @@ def parse_args(argv=None):
 
 
 def configure(args):
+    memory.limit_fragmentation()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible to torch; use --device cpu or auto")
     SETTINGS.device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (

@@ -97,7 +97,7 @@ BAD = [
     ("/erf", dict(row=500, col=3), r"outside the 56x56 output grid"),
     ("/erf", dict(row=5), "set both the output row and column"),
     ("/attribution", dict(methods=[]), "choose at least one attribution method"),
-    ("/hidden_attention", dict(route="7"), r"route must be an integer in 0..3, got '7'"),
+    ("/hidden_attention", dict(route="7"), r"route must be an integer in 0..3, got 7"),
     ("/hidden_attention", dict(row=90), r"query row must be an integer in 0..55, got 90"),
     ("/ablation_table", dict(table="nope"), "Value: nope is not in the list of choices"),
     ("/ablation_table", dict(variant="base", table="stage_layout"), "no row of this table matches these filters"),

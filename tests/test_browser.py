@@ -16,6 +16,7 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 expect, sync_playwright = playwright_api.expect, playwright_api.sync_playwright
 
 TIMEOUT = 240_000  # ms: computations run on a 2-core CPU
+expect.set_options(timeout=TIMEOUT)  # expect() has its own timeout (5 s), not the page's
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def test_receptive_fields(page):
     page.get_by_role("button", name="Compute").click()
     expect(page.get_by_text("level mixer: layers.0.blocks.0.op")).to_be_visible()
     expect(panel(page).locator("img").first).to_be_visible()  # the figure and the position picker
-    expect(panel(page).get_by_text("area ratio 0.99")).to_be_visible()
+    expect(panel(page).get_by_text("area ratio 0.99 (RepLKNet)")).to_be_visible()
     shot(page, "receptive-fields")
 
 

@@ -460,3 +460,53 @@ def test_images_from_a_folder(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="cannot read .*broken.png as an image"):
         load_images(tmp_path)
+
+
+# ---- RepLKNet's reference setting ----------------------------------------------------------------------------
+def replknet_get_input_grad(model, samples):
+    """RepLKNet's erf/visualize_erf.py get_input_grad, written out on our model: the final feature map
+    (channels first, as their models return it), ReLU at its centre pixel summed over channels, the input
+    gradient, ReLU, summed over batch and channels."""
+    outputs = model.forward_features(samples).permute(0, 3, 1, 2)
+    out_size = outputs.size()
+    central_point = torch.nn.functional.relu(outputs[:, :, out_size[2] // 2, out_size[3] // 2]).sum()
+    grad = torch.autograd.grad(central_point, samples)[0]
+    grad = torch.nn.functional.relu(grad)
+    return grad.sum((0, 1)).cpu().numpy()
+
+
+def test_replknet_preset_is_their_erf_map_averaged_over_images(tmp_path):
+    from PIL import Image
+
+    from evmamba.analysis.erf import replknet_erf
+    from evmamba.imagenet import stretched
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray((rng.random((70 + 9 * i, 90, 3)) * 255).astype(np.uint8)).save(tmp_path / f"img{i}.png")
+    model = build_model("tiny", seed=4).eval()
+    result = replknet_erf(model, tmp_path, image_size=64, num_images=2, bar=False)
+    # theirs: each image resized to size x size (bicubic), normalised, one map per image, the maps averaged
+    maps = []
+    for i in range(2):
+        x = stretched(np.asarray(Image.open(tmp_path / f"img{i}.png")), size=64).requires_grad_(True)
+        maps.append(replknet_get_input_grad(model, x))
+    np.testing.assert_allclose(result.combined.contribution, np.mean(maps, axis=0), rtol=1e-5, atol=1e-9)
+    assert result.output_grid == (2, 2) and result.requested == (1, 1) and result.num_inputs == 2
+    assert result.routes == [] and result.skipped == 0
+
+
+def test_inputs_whose_map_is_not_finite_are_left_out_and_counted():
+    from evmamba.analysis.erf_gradients import contribution_map
+
+    class Body(torch.nn.Module):  # the second input's gradient is NaN everywhere
+        def forward(self, x):
+            scale = torch.ones(x.shape[0], 1, 1, 1)
+            scale[1] = float("nan")
+            return (x * scale).permute(0, 2, 3, 1)
+
+    x = torch.rand(3, 2, 5, 5)
+    m = contribution_map(Body(), x, (2, 2), channel_dim=1, method="autograd", bar=False)
+    assert (m.used, m.skipped) == (2, 1)
+    expected = np.zeros((5, 5))
+    expected[2, 2] = 2.0  # two channels, each with gradient 1 at the centre, for both finite inputs
+    np.testing.assert_array_equal(m.contribution, expected)

@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from . import memory
 from .settings import SETTINGS
 
 
@@ -93,6 +94,7 @@ def _in_a_slot(job: Job, fn, args, kwargs):
                 _RUNNING.discard(job)
     finally:
         slots.release()
+        memory.trim()  # what the request allocated goes back to the system
 
 
 async def run(fn, *args, progress=None, **kwargs):

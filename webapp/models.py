@@ -8,7 +8,6 @@ import dataclasses
 import threading
 from collections import OrderedDict
 
-import evmamba
 from evmamba.checkpoint import describe_checkpoint, read_checkpoint
 from evmamba.errors import CheckpointMismatchError
 from evmamba.factory import PRETRAINED, create, imagenet_weights
@@ -82,14 +81,4 @@ def get(config: ModelConfig, weights: W.Weights | None, seed: int):
         return model, what
 
 
-def panel_config(variant, scan, step, conv_branch, gate) -> ModelConfig:
-    """The model panel's fields as a ModelConfig (a web user's values are checked like any others)."""
-    from evmamba.checks import choice, flag, integer
-    from evmamba.routes import SCANS
-    scan = choice(scan.lower() if isinstance(scan, str) else scan, "scan", SCANS)
-    step = integer(step, "step", 1, 8) if scan == "es2d" else ModelConfig.step
-    return ModelConfig(variant=choice(variant, "variant", evmamba.VARIANTS), scan=scan, step=step,
-                       conv_branch=flag(bool(conv_branch), "conv_branch"), gate=flag(bool(gate), "gate"))
-
-
-__all__ = ["clear", "get", "panel_config"]
+__all__ = ["clear", "get"]

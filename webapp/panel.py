@@ -18,11 +18,12 @@ import inspect
 
 import gradio as gr
 
-from evmamba.checks import choice, flag, integer
+from evmamba.checks import choice, flag
 from evmamba.model import ModelConfig
 
 from . import models
 from . import weights as W
+from .inputs import whole
 
 DESIGN = [f for f in dataclasses.fields(ModelConfig) if "column" in f.metadata]
 MODEL_EXTRA = ("weights", "weights_upload", "seed")
@@ -68,8 +69,8 @@ def _value(f, value):
     if f.type == "bool":
         return flag(value, f.name)
     if "range" in f.metadata:
-        return integer(value, f.name, *f.metadata["range"])
-    return integer(value, f.name)
+        return whole(value, f.name, *f.metadata["range"])
+    return whole(value, f.name)
 
 
 def design(values: dict) -> ModelConfig:
@@ -80,9 +81,10 @@ def design(values: dict) -> ModelConfig:
                                           if not config.applies(f.name)}).validate()
 
 
-def _wrap(fn, extra: list[inspect.Parameter], make, default=_default):
+def _wrap(fn, extra: list[inspect.Parameter], make, default=_default, check=None):
     """A handler with the design fields, `extra` and fn's own parameters (after the ones `make` fills) as its
-    signature (what Gradio names the API's parameters by), calling fn(*make(values), **its own)."""
+    signature (what Gradio names the API's parameters by), calling fn(*make(values), **its own); `check`
+    (config, own parameters) runs first, before anything is built."""
     own = list(inspect.signature(fn).parameters.values())[make.consumes:]
     fields = [inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default(f)) for f in DESIGN]
     signature = inspect.Signature(fields + extra + own)
@@ -92,16 +94,21 @@ def _wrap(fn, extra: list[inspect.Parameter], make, default=_default):
         bound.apply_defaults()
         return dict(bound.arguments), {p.name: bound.arguments[p.name] for p in own}
 
+    def prepare(values, rest):
+        if check is not None:
+            check(design(values), **{k: v for k, v in rest.items() if k != "progress"})
+        return make(values)
+
     if inspect.iscoroutinefunction(fn):
         async def handler(*args, **kwargs):
             values, rest = split(args, kwargs)
             context = contextvars.copy_context()  # building a model takes seconds: not on the event loop
-            first = await asyncio.get_running_loop().run_in_executor(None, context.run, make, values)
+            first = await asyncio.get_running_loop().run_in_executor(None, context.run, prepare, values, rest)
             return await fn(*first, **rest)
     else:
         def handler(*args, **kwargs):
             values, rest = split(args, kwargs)
-            return fn(*make(values), **rest)
+            return fn(*prepare(values, rest), **rest)
 
     functools.update_wrapper(handler, fn)
     del handler.__wrapped__  # Gradio reads __signature__; inspect must not follow the wrapped function
@@ -125,7 +132,7 @@ def _design_only(values):
 def _with_model(values):
     config = design(values)
     chosen = W.resolve(values["weights"], values["weights_upload"])
-    seed = integer(values["seed"], "seed", 0, 2**31 - 1)
+    seed = whole(values["seed"], "seed", 0, 2**31 - 1)
     return models.get(config, chosen, seed)
 
 
@@ -151,18 +158,24 @@ def takes_filters(fn):
     return _wrap(fn, [], _filters, default=lambda f: "all")
 
 
-def takes_design(fn):
-    """A handler fn(config, ...) becomes one whose parameters are the design fields, then fn's own."""
-    return _wrap(fn, [], _design_only)
+def takes_design(fn=None, *, budget=None):
+    """A handler fn(config, ...) becomes one whose parameters are the design fields, then fn's own; budget as
+    for takes_model."""
+    if fn is None:
+        return functools.partial(takes_design, budget=budget)
+    return _wrap(fn, [], _design_only, check=budget)
 
 
-def takes_model(fn):
+def takes_model(fn=None, *, budget=None):
     """A handler fn(model, what, ...) becomes one whose parameters are the design fields, the weights
-    choice, an uploaded checkpoint and the seed of random weights, then fn's own."""
+    choice, an uploaded checkpoint and the seed of random weights, then fn's own. budget(config, **fn's own
+    parameters) is called before the model is built (to refuse a request over budget at no cost)."""
+    if fn is None:
+        return functools.partial(takes_model, budget=budget)
     extra = [inspect.Parameter("weights", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=W.RANDOM),
              inspect.Parameter("weights_upload", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
              inspect.Parameter("seed", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=0)]
-    return _wrap(fn, extra, _with_model)
+    return _wrap(fn, extra, _with_model, check=budget)
 
 
 __all__ = ["DESIGN", "MODEL_EXTRA", "design", "takes_design", "takes_model", "widgets"]

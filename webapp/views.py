@@ -17,11 +17,12 @@ from evmamba.analysis.erf_figures import erf_figure
 from evmamba.analysis.hidden_attention_figures import attention_row_figure, hidden_attention_figure
 from evmamba.analysis.images import DEFAULT_SAMPLES, fit_image, sample_names
 from evmamba.analysis.partition_plotly import partition_plotly, regrouped_plotly, scan_comparison_plotly
-from evmamba.checks import choice, integer
+from evmamba.checks import choice
 from evmamba.routes import SCANS
 
 from . import jobs
 from .errors import shows_errors
+from .inputs import whole
 from .panel import takes_design, takes_filters, takes_model
 from .settings import MAX_GRID, MAX_IMAGE_BYTES, MAX_IMAGES, MAX_STEP, SETTINGS
 
@@ -58,9 +59,9 @@ def notes(*items) -> str:
 @shows_errors
 def partition_view(scan="ES2D", height=8, width=8, step=2, sample="astronaut", upload=None):
     scan = choice(scan.lower() if isinstance(scan, str) else scan, "scan", SCANS)
-    height = integer(height, "grid height", 1, MAX_GRID)
-    width = integer(width, "grid width", 1, MAX_GRID)
-    step = integer(step, "step", 1, MAX_STEP) if scan == "es2d" else 2
+    height = whole(height, "grid height", 1, MAX_GRID)
+    width = whole(width, "grid width", 1, MAX_GRID)
+    step = whole(step, "step", 1, MAX_STEP) if scan == "es2d" else 2
     if scan == "es2d" and step > max(height, width):
         raise ValueError(f"step {step} is larger than the {height}x{width} grid: every sub-map would hold one "
                          f"patch or none; choose a step of at most {max(height, width)}")
@@ -90,27 +91,28 @@ def _natural(count: int):
     return [names[i % len(names)] for i in range(count)]
 
 
-def erf_cost(config, level: str, count: int) -> float:
-    """Estimated seconds: a forward and backward pass per input and per map (all routes, then each alone)."""
+def erf_budget(config, level="stage", count=1, **_):
+    """Refuse an ERF over budget: a forward and backward pass per input and per map (all routes, then each
+    route alone)."""
+    count = whole(count, "number of images", 1, MAX_IMAGES)
     maps = 1 + evmamba.routes.num_routes(config.scan, config.step)
     share = 1.0 if level in ("stage", "network") else 0.15  # one mixer or block is a small part of the network
-    return jobs.passes_cost(config, count * maps * share)
+    jobs.check_budget(jobs.passes_cost(config, count * maps * share), "receptive field",
+                      "average over fewer images, or choose a smaller variant or ES2D")
 
 
 @shows_errors
-@takes_model
+@takes_model(budget=erf_budget)
 async def erf_view(model, what, level="stage", stage=0, block=0, row=-1, col=-1, inputs="random", count=1,
                    progress=gr.Progress()):
     level = choice(level, "level", erf_lib.LEVELS)
-    count = integer(count, "number of images", 1, MAX_IMAGES)
-    stage = integer(stage, "stage", 0, len(model.layers) - 1)
-    block = integer(block, "block", 0, max(len(s.blocks) for s in model.layers) - 1)
-    row, col = integer(row, "row", -1, 4096), integer(col, "column", -1, 4096)
+    count = whole(count, "number of images", 1, MAX_IMAGES)
+    stage = whole(stage, "stage", 0, len(model.layers) - 1)
+    block = whole(block, "block", 0, max(len(s.blocks) for s in model.layers) - 1)
+    row, col = whole(row, "row", -1, 4096), whole(col, "column", -1, 4096)
     if (row < 0) != (col < 0):
         raise ValueError("set both the output row and column, or both to -1 for the centre")
     inputs = choice(inputs, "inputs", INPUTS)
-    jobs.check_budget(erf_cost(model.config, level, count), "receptive field",
-                      "average over fewer images, or choose a smaller variant or ES2D")
     source = "random" if inputs == "random" else _natural(count)
     result = await jobs.run(erf_lib.effective_receptive_fields, model, level, stage=stage, block=block,
                             inputs=source, num_inputs=count if inputs == "random" else None,
@@ -148,13 +150,24 @@ def pick_position(shape, evt: gr.SelectData):
 
 
 # ---- tab 3: attribution ----------------------------------------------------------------------------
-def attribution_cost(config, methods) -> float:
-    passes = {"integrated_gradients": IG_STEPS, "saliency": 1, "input_x_gradient": 1,
+def _methods(methods) -> list[str]:
+    chosen = [ATTRIBUTION_METHODS[choice(m, "attribution method", ATTRIBUTION_METHODS)] for m in (methods or [])]
+    if not chosen:
+        raise ValueError(f"choose at least one attribution method: {', '.join(ATTRIBUTION_METHODS)}")
+    return chosen
+
+
+def attribution_budget(config, methods=(), **_):
+    """Refuse an attribution over budget: the methods' passes, and one forward pass (a third of a pass)
+    per route and block for the route contributions."""
+    passes = {"integrated_gradients": IG_STEPS + 2, "saliency": 1, "input_x_gradient": 1,
               "smoothgrad": SMOOTHGRAD_SAMPLES}
     evss_blocks = sum(d for kind, d in zip(config.stages, config.depths) if kind == "evss")
     routes = evmamba.routes.num_routes(config.scan, config.step)
-    forwards = (evss_blocks + 1) * (routes + 1) + 1  # route contributions: one forward pass each (a third)
-    return jobs.passes_cost(config, sum(passes[m] for m in methods) + forwards / 3)
+    forwards = (evss_blocks + 1) * (routes + 1) + 1
+    jobs.check_budget(jobs.passes_cost(config, sum(passes[m] for m in _methods(methods)) + forwards / 3),
+                      "attribution", "choose fewer methods (Integrated Gradients and SmoothGrad cost the most), a "
+                      "smaller variant or ES2D")
 
 
 def _attribute(model, picture, target, methods, progress):
@@ -167,17 +180,12 @@ def _attribute(model, picture, target, methods, progress):
 
 
 @shows_errors
-@takes_model
+@takes_model(budget=attribution_budget)
 async def attribution_view(model, what, sample="chelsea", upload=None, target=-1,
                            methods=("Integrated Gradients", "Saliency"), progress=gr.Progress()):
     picture, note, name = pick_image(sample, upload)
-    chosen = [ATTRIBUTION_METHODS[choice(m, "attribution method", ATTRIBUTION_METHODS)] for m in (methods or [])]
-    if not chosen:
-        raise ValueError(f"choose at least one attribution method: {', '.join(ATTRIBUTION_METHODS)}")
-    target = integer(target, "class", -1, model.num_classes - 1)
-    jobs.check_budget(attribution_cost(model.config, chosen), "attribution",
-                      "choose fewer methods (Integrated Gradients and SmoothGrad cost the most), a smaller "
-                      "variant or ES2D")
+    chosen = _methods(methods)
+    target = whole(target, "class", -1, model.num_classes - 1)
     prediction = attr_lib.predict(model, picture)
     top = {f"{r['name']} ({int(r['class'])})": float(r["probability"]) for _, r in prediction.classes.iterrows()}
     att, contributions = await jobs.run(_attribute, model, picture, None if target < 0 else target, tuple(chosen),
@@ -189,28 +197,29 @@ async def attribution_view(model, what, sample="chelsea", upload=None, target=-1
 
 
 # ---- tab 4: hidden attention ---------------------------------------------------------------------------
-def attention_cost(config, routes: int) -> float:
-    return jobs.passes_cost(config, 0.5 * routes)  # measured: about half a pass per route at 224²
+def attention_budget(config, route="all", **_):
+    """Refuse a hidden attention over budget: about half a pass per route (measured at 224²)."""
+    routes = evmamba.routes.num_routes(config.scan, config.step) if route in (None, "", "all") else 1
+    jobs.check_budget(jobs.passes_cost(config, 0.5 * routes), "hidden attention",
+                      "choose one route, or a smaller variant")
 
 
 @shows_errors
-@takes_model
+@takes_model(budget=attention_budget)
 async def hidden_attention_view(model, what, mixer=0, route="all", row=28, col=28, sample="chelsea", upload=None,
                                 progress=gr.Progress()):
     mixers = model.mixers()
     if not mixers:
         raise ValueError("this model has no scan mixer (all stages are inverted-residual blocks): choose a "
                          "layout with EVSS stages")
-    mixer = integer(mixer, "mixer", 0, len(mixers) - 1)
+    mixer = whole(mixer, "mixer", 0, len(mixers) - 1)
     picture, note, name = pick_image(sample, upload)
     k = mixers[mixer][1].num_routes
-    routes = None if route in (None, "", "all") else [integer(route, "route", 0, k - 1)]
-    jobs.check_budget(attention_cost(model.config, k if routes is None else 1), "hidden attention",
-                      "choose one route, or a smaller variant")
+    routes = None if route in (None, "", "all") else [whole(route, "route", 0, k - 1)]
     atts = await jobs.run(att_lib.model_hidden_attention, model, picture, mixer=mixer, routes=routes, reduce="mean",
                           bar=False, progress=progress)
     h, w = atts[0].grid
-    row, col = integer(row, "query row", 0, h - 1), integer(col, "query column", 0, w - 1)
+    row, col = whole(row, "query row", 0, h - 1), whole(col, "query column", 0, w - 1)
     info = notes(what, f"{mixers[mixer][0]}: a {h}x{w} map; query ({row}, {col}); the mean of alpha over "
                  f"{atts[0].channels} channels", note, f"image: {name}")
     return attention_row_figure(atts, (row, col)), hidden_attention_figure(atts), info
@@ -283,11 +292,14 @@ def ablation_view(selection, table="scan_fusion", column="FLOPs (G, 224²)"):
     return df, chart, info
 
 
+def measure_budget(config, **_):
+    jobs.check_budget(jobs.passes_cost(config, 12), "measurement", "choose a smaller variant or ES2D")
+
+
 @shows_errors
-@takes_design
+@takes_design(budget=measure_budget)
 async def measure_view(config, measured=None, progress=gr.Progress()):
     from ablations.browse import measure_row
-    jobs.check_budget(jobs.passes_cost(config, 12), "measurement", "choose a smaller variant or ES2D")
     row = await jobs.run(measure_row, config, device=SETTINGS.device, progress=progress)
     import pandas as pd
     previous = measured if isinstance(measured, pd.DataFrame) and not measured.empty else None

@@ -1,8 +1,14 @@
+import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+# Under pytest-xdist each worker gets its share of the cores (torch would otherwise start a thread per core
+# in every worker, and the workers would slow each other down)
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 DATA = Path(__file__).parent / "data"
 sys.path.insert(0, str(DATA))

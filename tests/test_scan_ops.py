@@ -136,6 +136,24 @@ def tiny(scan="es2d", **options):
     return evmamba.build_model("tiny", scan=scan, **options).eval()
 
 
+# The smallest network with every kind of layer the released layout has (EVSS and inverted-residual stages,
+# patch merging, head), one block per stage: what compiling proves (one graph, the same numbers, a new batch
+# size) does not depend on depth or width, and tracing time grows with depth.
+MICRO = dict(dims=(16, 32, 64, 128), depths=(1, 1, 1, 1))
+
+
+@pytest.fixture
+def micro(monkeypatch):
+    import evmamba
+    from evmamba import model as model_module
+    monkeypatch.setitem(model_module.VARIANTS, "micro", MICRO)
+
+    def build(scan="es2d", **options):
+        torch.manual_seed(0)
+        return evmamba.build_model("micro", scan=scan, **options).eval()
+    return build
+
+
 # Graph capture (one graph, forward and backward, the same numbers) through aot_eager: dynamo and AOTAutograd
 # trace exactly what inductor would compile, then run the traced graphs op by op, without code generation.
 # Inductor itself compiles one EVSS block; on whole models (minutes each from a cold cache) it runs in the
@@ -144,8 +162,8 @@ COMPILERS = ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("scan", ["es2d", "ss2d"])
-def test_compiled_model_is_one_graph(scan):
-    model, x = tiny(scan), torch.randn(2, 3, 32, 32)
+def test_compiled_model_is_one_graph(micro, scan):
+    model, x = micro(scan), torch.randn(2, 3, 32, 32)
     model(x)  # an eager call first builds the route tables the compiled graph reads
     torch._dynamo.reset()
     explained = torch._dynamo.explain(model)(x)
@@ -155,23 +173,23 @@ def test_compiled_model_is_one_graph(scan):
 @pytest.mark.parametrize("compiler", COMPILERS)
 @pytest.mark.parametrize("scan, kernel", [("es2d", False), ("ss2d", False), ("es2d", True)],
                          ids=["es2d", "ss2d", "es2d-kernel-operator"])
-def test_compiled_model_equals_eager(stand_in, monkeypatch, compiler, scan, kernel):
+def test_compiled_model_equals_eager(stand_in, monkeypatch, micro, compiler, scan, kernel):
     # kernel: the whole model on the mamba_ssm path (here the CPU stand-in, whose outputs take their inputs'
     # strides as the kernel's do)
     if kernel:
         import evmamba.scan as scan_module
         monkeypatch.setitem(scan_module._IMPLEMENTATIONS, "mamba_ssm", cuda.run_kernel)
-    model, x = tiny(scan, backend="mamba_ssm" if kernel else "torch"), torch.randn(2, 3, 32, 32)
+    model, x = micro(scan, backend="mamba_ssm" if kernel else "torch"), torch.randn(2, 3, 32, 32)
     model(x)
     torch._dynamo.reset()
     assert_same(model, torch.compile(model, fullgraph=True, backend=compiler), x)
 
 
 @pytest.mark.parametrize("compiler", COMPILERS)
-def test_compiled_model_follows_a_changing_batch_size(compiler):
+def test_compiled_model_follows_a_changing_batch_size(micro, compiler):
     # a second batch size makes dynamo recompile once, with a symbolic batch (dynamic shapes); inductor's
     # code for that graph gives wrong gradients in torch 2.13 (see test_inductor_dynamic_batch_gradients)
-    model = tiny()
+    model = micro()
     model(torch.randn(2, 3, 32, 32))
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()

@@ -24,7 +24,10 @@ PAPER_GREY = "#8c8c8c"
 
 
 def scan_colour(scan: str) -> str:
-    return SCAN_COLOURS[scan.lower()]
+    """ES2D's and SS2D's fixed colours; any other registered scan a palette colour of its own."""
+    from evmamba.families import scans
+    scan = scan.lower()
+    return SCAN_COLOURS.get(scan) or route_colour(2 + list(scans()).index(scan))
 
 
 def scan_figure(height: int = 8, width: int = 8, step: int = 2) -> Figure:

@@ -98,8 +98,10 @@ class TrainItem(Item):
         return f"{slug(self.row)}-{self.task}-s{self.seed}"
 
     @property
-    def estimate(self) -> int:  # SS2D reads four times the tokens
-        return 100 * (3 if self.row.scan == "ss2d" else 1)
+    def estimate(self) -> int:
+        """Relative cost: a scan reading each position R times (SS2D: 4) costs about R - 1 times ES2D."""
+        from evmamba.routes import scan_routes
+        return 100 * max(1, scan_routes(self.row.scan, 8, 8, self.row.step).readers - 1)
 
     def key(self) -> dict:
         return self.config

@@ -6,6 +6,7 @@
     model = evmamba.build_model("tiny", pretrained=True)   # the authors' ImageNet-1K weights, from the Hub
     logits = model(evmamba.preprocess(image))               # a PIL image or array -> a normalised batch
     routes = evmamba.scan_routes("es2d", 56, 56, step=2)   # what the first stage's scan reads, in order
+    evmamba.register_scan("spiral", spiral)                # a scan order of your own: build_model(scan="spiral")
 
     model = model.cuda(); model(x)                         # on a GPU: mamba-ssm's kernel when installed
     fast = torch.compile(model)                            # then one graph around the kernel
@@ -14,6 +15,7 @@
 from .checkpoint import describe_checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
 from .errors import CheckpointError, CheckpointMismatchError
 from .factory import PRETRAINED, build_model, create, model_from_checkpoint
+from .families import FamilyRoutes, Route, register_scan, scans, unregister_scan
 from .imagenet import IMAGENET_MEAN, IMAGENET_STD, class_names, preprocess
 from .model import STAGE_LAYOUTS, VARIANTS, EfficientVMamba, ModelConfig, Weights, count_parameters
 from .routes import SCANS, ScanRoutes, scan_routes
@@ -30,7 +32,8 @@ def count_flops(model, image_size=224, batch_size: int = 1):
 
 
 __all__ = ["BACKENDS", "IMAGENET_MEAN", "IMAGENET_STD", "PRETRAINED", "SCANS", "STAGE_LAYOUTS", "VARIANTS",
-           "CheckpointError", "CheckpointMismatchError", "EfficientVMamba", "ModelConfig", "ScanRoutes", "Weights",
+           "CheckpointError", "CheckpointMismatchError", "EfficientVMamba", "FamilyRoutes", "ModelConfig", "Route",
+           "ScanRoutes", "Weights",
            "build_model", "class_names", "count_flops", "count_parameters", "create", "describe_checkpoint",
-           "load_checkpoint", "model_from_checkpoint", "preprocess", "read_checkpoint", "save_checkpoint",
-           "scan_routes", "selective_scan"]
+           "load_checkpoint", "model_from_checkpoint", "preprocess", "read_checkpoint", "register_scan",
+           "save_checkpoint", "scan_routes", "scans", "selective_scan", "unregister_scan"]

@@ -3,6 +3,7 @@
     python -m evmamba                                   # tiny, ES2D, random weights, a sample image
     python -m evmamba --scan ss2d --variant small
     python -m evmamba --checkpoint efficientvmamba_tiny.pth --image cat.jpg
+    python -m evmamba routes --size 56                  # every scan family's locality numbers on a 56x56 map
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 
 def route_grid(routes) -> str:
     """The route that reads each position of a small grid, as text (ES2D), or route 0's order (SS2D)."""
-    if routes.scan == "es2d":
+    if routes.readers == 1:
         grid = routes.route_map()
     else:
         grid = routes.reading_order(0)
@@ -46,15 +47,42 @@ def load_image(path: str | None):
         raise SystemExit(f"cannot read the image {path!r} ({e.__class__.__name__}): pass a PNG or JPEG file") from None
 
 
+def routes_main(argv) -> int:
+    from .locality import format_table, routes_table
+    p = argparse.ArgumentParser(prog="python -m evmamba routes", description="Every registered scan family on "
+                                "one map: routes, tokens read, padding, jumps between consecutive tokens, and "
+                                "the share of position pairs within a distance that a route reads close together.")
+    p.add_argument("--size", type=int, default=56, help="map side in tokens (default 56: stage 1 at 224x224)")
+    p.add_argument("--width", type=int, help="map width, when not square")
+    p.add_argument("--distance", type=float, default=1.0, help="pairs at most this far apart (default 1)")
+    p.add_argument("--tokens", type=int, default=1, help="read within this many tokens (default 1)")
+    p.add_argument("--step", type=int, default=2, help="ES2D's step (default 2)")
+    p.add_argument("--window", type=int, default=7, help="the windows family's side (default 7)")
+    args = p.parse_args(argv)
+    try:
+        rows = routes_table(args.size, args.width, distance=args.distance, tokens=args.tokens,
+                            params={"es2d": args.step, "windows": args.window})
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.size}x{args.width or args.size} map\n{format_table(rows)}")
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["routes"]:
+        return routes_main(argv[1:])
     from . import build_model, count_parameters, load_checkpoint, scan_routes
     from .checkpoint import CheckpointError
     from .imagenet import class_names, preprocess
+    from .routes import scan_label
 
     p = argparse.ArgumentParser(prog="python -m evmamba", description=__doc__.split("\n\n")[0])
     p.add_argument("--variant", default="tiny", help="tiny, small or base (default tiny)")
-    p.add_argument("--scan", default="es2d", help="es2d (the paper's) or ss2d (VMamba's)")
-    p.add_argument("--step", type=int, default=2, help="ES2D skip step p (default 2)")
+    p.add_argument("--scan", default="es2d", help="es2d (the paper's), ss2d (VMamba's), zigzag, windows, "
+                   "hilbert or diagonal")
+    p.add_argument("--step", type=int, default=2, help="ES2D skip step p, or the windows' side (default 2)")
     p.add_argument("--checkpoint", help="a checkpoint file (the authors' or ours), or hf:OWNER/REPO[/FILE]")
     p.add_argument("--image", help="an image file (default: a sample image bundled with scikit-image)")
     p.add_argument("--backend", default="auto", help="selective-scan backend: auto, reference, torch, mamba_ssm")
@@ -71,7 +99,8 @@ def main(argv=None) -> int:
 
     cfg = model.config
     print(f"EfficientVMamba-{cfg.variant}: {count_parameters(model):,} parameters, scan {cfg.scan.upper()}"
-          + (f" (step {cfg.step})" if cfg.scan == "es2d" else "") + f", stages {', '.join(cfg.stages)}")
+          + (f" ({scan_label(cfg.scan, cfg.step).split(' ', 1)[1]})" if cfg.applies("step") else "")
+          + f", stages {', '.join(cfg.stages)}")
     print(f"\nWhat each stage's scan reads for a {args.size}x{args.size} input:")
     for i, ((h, w), kind) in enumerate(zip(model.stage_grids(args.size, args.size), cfg.stages)):
         if kind != "evss":
@@ -82,7 +111,7 @@ def main(argv=None) -> int:
         print(f"  stage {i + 1}: {h}x{w} tokens, {r.num_routes} routes x {r.length} tokens = {r.tokens_read} "
               f"read (SS2D would read {ss2d.tokens_read})")
     small = scan_routes(cfg.scan, 6, 8, cfg.step)
-    what = "the route reading each position" if cfg.scan == "es2d" else "the order in which route 0 reads"
+    what = "the route reading each position" if small.readers == 1 else "the order in which route 0 reads"
     print(f"\nOn a 6x8 grid, {what}:\n{route_grid(small)}")
 
     image, name = load_image(args.image)

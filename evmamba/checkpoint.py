@@ -196,7 +196,9 @@ def describe_checkpoint(source) -> dict:
         routes = xproj[0].shape[0]
         step = round(routes ** 0.5)
         if step * step != routes:
-            raise CheckpointError(f"mixer has {routes} routes, which is neither SS2D (4) nor ES2D (step²)")
+            raise CheckpointError(f"its mixers have {routes} routes, which no built-in scan has (ES2D: step², the "
+                                  "others: 4); a model with a scan of your own loads it once that family is "
+                                  "registered (evmamba.register_scan) and the model built with it")
         if step != 2:
             out.update(scan="es2d", step=step)
         out["conv_branch"] = any(".conv_branch." in k for k in sd)
@@ -235,6 +237,12 @@ def _mismatch_message(model, report: LoadReport) -> str:
             parts.append(f"{len(items)} keys {label}: {', '.join(fmt(i) for i in items[:SHOW])}{more}")
     mine = _model_options(model)
     what = _call(mine, keep=("scan", "step", "num_classes")) if mine else type(model).__name__
+    routes = [(ck[0], mo[0]) for key, ck, mo in report.mismatched if key.endswith("op.x_proj_weight")]
+    if routes and mine:
+        ck, mo = routes[0]
+        parts.insert(0, f"the checkpoint's mixers have {ck} routes (per-route parameter sets), the model's scan "
+                        f"{mine['scan']}" + (f" (step {mine['step']})" if model.config.applies("step") else "")
+                        + f" has {mo}")
     msg = f"checkpoint {report.checkpoint.source} does not fit the model {what}:\n  " + "\n  ".join(parts)
     try:
         fits = describe_checkpoint(report.checkpoint)

@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from .blocks import EVSSStage, IRStage, channels_last
 from .checks import choice, flag, integer
+from .families import family, scans
 from .routes import SCANS, check_scan
 from .scan import check_backend
 
@@ -50,11 +51,14 @@ class ModelConfig:
 
     variant: str = field(default="tiny", metadata={"doc": "tiny, small or base (widths and depths: VARIANTS)",
                                                    "column": "variant", "choices": lambda: list(VARIANTS)})
-    scan: str = field(default="es2d", metadata={"doc": "es2d (atrous skip-sampled, the paper's) or ss2d "
-                                                       "(VMamba's four-way cross scan)", "column": "scan",
-                                                "choices": lambda: list(SCANS)})
-    step: int = field(default=2, metadata={"doc": "ES2D's skip step p: p² sub-maps, one route each (2: released)",
-                                           "column": "step p", "range": (1, 8)})
+    scan: str = field(default="es2d", metadata={"doc": "the scan-route family: es2d (atrous skip-sampled, the "
+                                                       "paper's), ss2d (VMamba's four-way cross scan), zigzag, "
+                                                       "windows, hilbert, diagonal, or one added with "
+                                                       "evmamba.register_scan", "column": "scan",
+                                                "choices": lambda: list(scans())})
+    step: int = field(default=2, metadata={"doc": "the scan's parameter: ES2D's skip step p (p² sub-maps, one route "
+                                                  "each; 2: released), the windows' side", "column": "step p",
+                                           "range": (1, 8)})
     conv_branch: bool = field(default=True, metadata={"doc": "the EVSS block's depthwise-conv branch",
                                                       "column": "conv branch"})
     gate: bool = field(default=True, metadata={"doc": "the EVSS block's channel gate over both branches (the "
@@ -118,8 +122,8 @@ class ModelConfig:
         return dataclasses.replace(self, stages=stages, drop_path=float(self.drop_path))
 
     def applies(self, name: str) -> bool:
-        """Whether field `name` means anything for this design (ES2D's step does not for other scans)."""
-        return name != "step" or self.scan == "es2d"
+        """Whether field `name` means anything for this design (`step` only for a scan with a parameter)."""
+        return name != "step" or family(self.scan).param is not None
 
     def shown(self) -> dict:
         """The design fields as a table shows them, {column: text}: the fields whose metadata names a column,
@@ -139,16 +143,19 @@ class ModelConfig:
                 text = config.layout_name
             elif f.name == "scan":
                 text = v.upper()
+            elif f.name == "step" and family(config.scan).param != "step":
+                text = f"{family(config.scan).param} {v}"  # the parameter of another family (the windows' size)
             else:
                 text = v
             out[column] = text
         return out
 
     def options(self, keep=()) -> dict:
-        """The fields that differ from the defaults (and those named in `keep`), as build_model options."""
+        """The fields that differ from the defaults (and those named in `keep` that apply to this design), as
+        build_model options."""
         default = ModelConfig()
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name in keep or getattr(self, f.name) != getattr(default, f.name)}
+                if (f.name in keep and self.applies(f.name)) or getattr(self, f.name) != getattr(default, f.name)}
 
     def call(self, keep=()) -> str:
         """This config as a build_model(...) call, options at their defaults left out."""

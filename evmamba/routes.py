@@ -23,58 +23,36 @@ ES2D (EfficientVMamba's atrous skip-sampled scan) with step p:
 """
 from __future__ import annotations
 
-import functools
 import operator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-SCANS = ("es2d", "ss2d")
+from .families import BUILT_IN, FamilyRoutes, Route, _as_routes, family, scans
 
-
-@dataclass(frozen=True)
-class Route:
-    """One scan direction: a name for people, and how it walks its positions."""
-
-    name: str
-    order: str  # "row" (row-major) or "col" (column-major)
-    reverse: bool
-    submap: tuple[int, int] | None  # (row phase, column phase) for ES2D; None when it covers all positions
+SCANS = BUILT_IN  # the built-in scans; scans() lists those registered from user code too
 
 
 class ScanRoutes:
-    """The K routes of one scan over one grid. Build with `scan_routes(...)` (cached)."""
+    """The K routes of one scan over one grid, checked. Build with `scan_routes(...)` (cached)."""
 
     def __init__(self, scan: str, height: int, width: int, step: int):
         self.scan, self.height, self.width, self.step = scan, height, width, step
-        if scan == "ss2d":
-            self.padded_height, self.padded_width = height, width
-            grid = torch.arange(height * width).view(height, width)
-            row, col = grid.flatten(), grid.t().flatten()
-            self.routes = (
-                Route("row-major", "row", False, None),
-                Route("column-major", "col", False, None),
-                Route("row-major reversed", "row", True, None),
-                Route("column-major reversed", "col", True, None),
-            )
-            index = torch.stack([row, col, row.flip(0), col.flip(0)])
-        else:
-            p = step
-            hs, ws = -(-height // p), -(-width // p)
-            self.padded_height, self.padded_width = hs * p, ws * p
-            grid = torch.arange(self.padded_height * self.padded_width).view(self.padded_height, self.padded_width)
-            routes, index = [], []
-            for k in range(p * p):
-                i, j = k % p, k // p
-                sub = grid[i::p, j::p]
-                order = "row" if k % 2 == 0 else "col"
-                name = f"sub-map ({i},{j}) {'row' if order == 'row' else 'column'}-major"
-                routes.append(Route(name, order, False, (i, j)))
-                index.append(sub.flatten() if order == "row" else sub.t().flatten())
-            self.routes = tuple(routes)
-            index = torch.stack(index)
-        self.index = index  # (K, L) flat positions on the padded grid, in reading order
+        entry = family(scan)
+        made = _as_routes(entry.call(height, width, step if entry.param else None))
+        self.padded_height, self.padded_width = made.padded or (height, width)
+        self.submap_step = made.submap_step
+        self.index = _checked_index(scan, made, height, width, self.padded_height, self.padded_width)
+        self.routes = tuple(made.routes) if made.routes is not None else tuple(
+            Route(f"route {k}") for k in range(len(self.index)))
+        if len(self.routes) != len(self.index):
+            raise ValueError(f"scan {scan!r} names {len(self.routes)} routes but returns {len(self.index)}")
+        expected = entry.num_routes(step if entry.param else None)
+        if len(self.index) != expected:
+            raise ValueError(f"scan {scan!r} returned {len(self.index)} routes on a {height}x{width} map but "
+                             f"{expected} on the map its models are sized by: a family must return the same "
+                             "number of routes on every map (or give register_scan(..., routes=...))")
 
     # ---- what a route is ------------------------------------------------------------------------
     @property
@@ -124,12 +102,21 @@ class ScanRoutes:
     def route_map(self) -> torch.Tensor:
         """(Hp, Wp) map: the route that reads each position. Only defined when every position has one
         route (ES2D); SS2D's routes all read every position, so asking is an error."""
-        if self.scan != "es2d":
-            raise ValueError("route_map() needs a scan where each position has one route (es2d); "
-                             "every ss2d route reads every position: use reading_order(k) instead")
+        if self.readers != 1:
+            raise ValueError(f"route_map() needs a scan where each position has one route (es2d); every "
+                             f"position of {self.scan} is read by {self.readers} routes: use reading_order(k)")
         out = torch.empty(self.padded_height * self.padded_width, dtype=torch.long)
         out[self.index] = torch.arange(self.num_routes)[:, None].expand_as(self.index)
         return out.view(self.padded_shape)
+
+    @property
+    def readers(self) -> int:
+        """How many routes read each position (R: 1 for ES2D, 4 for SS2D)."""
+        return self.tokens_read // (self.padded_height * self.padded_width)
+
+    def reads_position(self, k: int, row: int, col: int) -> bool:
+        """Whether route k reads position (row, col)."""
+        return bool(self.reading_order(k)[row, col] >= 0)
 
     def padding_mask(self) -> torch.Tensor:
         """(Hp, Wp) bool map, True on positions added by padding (outside the H×W input)."""
@@ -246,31 +233,93 @@ def cross_merge(y: torch.Tensor, t: RouteTables, keep: torch.Tensor | None = Non
 
 
 def check_scan(scan: str, step: int) -> None:
-    """Raise a ValueError naming the valid values when (scan, step) is not a scan this project defines."""
-    if scan not in SCANS:
-        raise ValueError(f"unknown scan {scan!r}: valid scans are {', '.join(SCANS)}")
-    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
-        raise ValueError(f"step must be an integer >= 1 (2 is the authors' ES2D), got {step!r}")
-    if scan == "ss2d" and step != 2:
-        raise ValueError(f"step only applies to scan='es2d'; ss2d reads every position in four directions "
-                         f"(got step={step})")
+    """Raise a ValueError naming the valid values when (scan, step) is not a registered scan with a valid
+    parameter. `step` carries the family's one integer parameter (ES2D's step, the windows' side); a family
+    without one takes the default 2."""
+    entry = family(scan)
+    if entry.param is None:
+        if step != 2:
+            takes = [f"{f}: {family(f).param}" for f in scans() if family(f).param]
+            raise ValueError(f"step only applies to scans with a parameter ({', '.join(takes)}); {scan} takes "
+                             f"none (got step={step!r})")
+        return
+    high = entry.high
+    if isinstance(step, bool) or not isinstance(step, int) or step < entry.low or (high is not None and step > high):
+        valid = f"an integer in {entry.low}..{high}" if high is not None else f"an integer >= {entry.low}"
+        default = " (2 is the authors' ES2D)" if scan == "es2d" else ""
+        what = "step" if entry.param == "step" else f"step ({scan}'s {entry.param})"
+        raise ValueError(f"{what} must be {valid}{default}, got {step!r}")
 
 
 def num_routes(scan: str, step: int = 2) -> int:
     """How many routes (and per-route parameter sets) a scan has: 4 for SS2D, step² for ES2D."""
     check_scan(scan, step)
-    return 4 if scan == "ss2d" else step * step
+    entry = family(scan)
+    return entry.num_routes(step if entry.param else None)
 
 
-@functools.lru_cache(maxsize=256)
-def _cached(scan: str, height: int, width: int, step: int) -> ScanRoutes:
-    return ScanRoutes(scan, height, width, step)
+def scan_label(scan: str, step: int = 2) -> str:
+    """'ES2D step 2', 'WINDOWS size 7', 'SS2D': a scan and its parameter, for titles."""
+    entry = family(scan)
+    return scan.upper() + (f" {entry.param} {step}" if entry.param else "")
+
+
+_ROUTES: dict = {}
+_MAX_ROUTES = 256
+
+
+def forget(scan: str) -> None:
+    """Drop the cached routes and tables of `scan` (when its family is registered again)."""
+    for cache in (_ROUTES, _TABLES):
+        for key in [k for k in cache if k[0] == scan]:
+            del cache[key]
 
 
 def scan_routes(scan: str, height: int, width: int, step: int = 2) -> ScanRoutes:
-    """The routes of `scan` ("es2d" or "ss2d") over a height×width map (cached; treat as read-only)."""
+    """The routes of a registered scan (evmamba.families: "es2d", "ss2d", "zigzag", ...) over a height×width
+    map, with its parameter as `step` (cached; treat as read-only)."""
     check_scan(scan, step)
     for name, v in (("height", height), ("width", width)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    return _cached(scan, height, width, step)
+    key = (scan, height, width, step)
+    routes = _ROUTES.get(key)
+    if routes is None:
+        if len(_ROUTES) >= _MAX_ROUTES:
+            del _ROUTES[next(iter(_ROUTES))]
+        routes = _ROUTES[key] = ScanRoutes(scan, height, width, step)
+    return routes
+
+
+def _checked_index(scan: str, made: FamilyRoutes, height: int, width: int, hp: int, wp: int) -> torch.Tensor:
+    """The routes as one (K, L) tensor, or a ValueError naming the family and what is wrong."""
+    where = f"scan {scan!r} on a {height}x{width} map"
+    if hp < height or wp < width:
+        raise ValueError(f"{where}: the padded grid {hp}x{wp} is smaller than the map")
+    index = list(made.index)
+    if not index:
+        raise ValueError(f"{where}: returned no routes")
+    cells = hp * wp
+    for k, idx in enumerate(index):
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 1 or idx.dtype.is_floating_point \
+                or idx.dtype == torch.bool:
+            raise ValueError(f"{where}: route {k} must be a 1-D integer tensor of flat positions, got "
+                             f"{getattr(idx, 'shape', type(idx).__name__)}")
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= cells):
+            bad = int(idx.max()) if int(idx.max()) >= cells else int(idx.min())
+            raise ValueError(f"{where}: route {k} reads position {bad}, outside the {hp}x{wp} grid (positions "
+                             f"0..{cells - 1}, row-major)")
+        if torch.unique(idx).numel() != idx.numel():
+            raise ValueError(f"{where}: route {k} reads a position more than once")
+    lengths = sorted({i.numel() for i in index})
+    if len(lengths) != 1 or lengths[0] == 0:
+        raise ValueError(f"{where}: routes must be non-empty and of one length (the scan runs them side by side), "
+                         f"got lengths {', '.join(str(i.numel()) for i in index)}; pad the map (FamilyRoutes.padded)")
+    stacked = torch.stack([i.long() for i in index])
+    reads = torch.bincount(stacked.flatten(), minlength=cells)
+    if not bool((reads == reads[0]).all()) or int(reads[0]) < 1:
+        low = int(torch.argmin(reads))
+        raise ValueError(f"{where}: every position must be read by the same number of routes (the merge sums "
+                         f"them), but position ({low // wp}, {low % wp}) is read by {int(reads[low])} and others by "
+                         f"{int(reads.max())}")
+    return stacked

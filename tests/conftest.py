@@ -5,10 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 
-# Under pytest-xdist each worker gets its share of the cores (torch would otherwise start a thread per core
-# in every worker, and the workers would slow each other down)
+# Under pytest-xdist each worker, and every process it starts (notebook kernels, torchrun workers), gets its
+# share of the cores: OpenMP threads beyond the free cores spin against each other (a notebook ran 7x slower)
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(_share)
+    torch.set_num_threads(_share)
 
 DATA = Path(__file__).parent / "data"
 sys.path.insert(0, str(DATA))

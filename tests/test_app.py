@@ -56,6 +56,20 @@ def test_erf_per_route_positions_for_ss2d_mixer(client):
     assert len(rows) == 5 and all((r[2], r[3]) == (3, 5) for r in rows)
 
 
+@pytest.mark.parametrize("scan", ["es2d", "ss2d", "zigzag", "windows", "hilbert", "diagonal"])
+def test_every_scan_family_is_drawn_and_has_per_route_receptive_fields(client, scan):
+    from evmamba.families import family
+    from evmamba.routes import num_routes
+    step = 3 if family(scan).param else 2
+    main, regrouped, comparison, info = client.predict(scan=scan.upper(), height=7, width=9, step=step,
+                                                       api_name="/partition")
+    assert plotly_traces(main) and plotly_traces(comparison)
+    assert f"{scan.upper()}" in info and f"{num_routes(scan, step)} routes" in info
+    fig, table, info, _ = client.predict(scan=scan, step=step, level="mixer", stage=1, api_name="/erf")
+    assert_picture(fig)
+    assert [str(row[0]) for row in table["data"]] == ["all", *map(str, range(num_routes(scan, step)))]
+
+
 def test_attribution_defaults_say_the_model_is_random(client):
     top, maps, routes, table, info = client.predict(api_name="/attribution")
     assert len(top["confidences"]) == 5

@@ -49,7 +49,7 @@ def panel(page):
 def test_skip_sampling(page):
     expect(page.get_by_text("64 tokens read (SS2D reads 256)")).to_be_visible()  # drawn on load
     page.get_by_label("number input for grid height (56: stage 1 at 224x224)").fill("7")
-    page.get_by_label("number input for step p").fill("3")
+    page.get_by_label("number input for step p (ES2D) or window side (windows)").fill("3")
     page.get_by_role("button", name="Draw").click()
     expect(page.get_by_text("padded to 9x9")).to_be_visible()
     expect(panel(page).locator(".js-plotly-plot").first).to_be_visible()

@@ -20,7 +20,8 @@ def test_requirement_files_install_the_projects_extras():
     assert requirement_lines("requirements-dev.txt") == ["-r requirements.txt", "-e .[app,dev]"]
     assert requirement_lines("requirements-gpu.txt") == extras["gpu"]
     # what the tests import is declared in the dev extra
-    for module in ("pytest", "hypothesis", "gradio_client", "playwright", "nbclient", "nbformat", "ipykernel", "ruff"):
+    for module in ("pytest", "pytest_xdist", "hypothesis", "gradio_client", "playwright", "nbclient", "nbformat",
+                   "ipykernel", "ruff"):
         assert any(re.split(r"[<>=\[]", d)[0].replace("-", "_") == module for d in extras["dev"]), module
 
 

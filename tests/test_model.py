@@ -45,9 +45,10 @@ def test_drop_path_rises_linearly():
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(variant="huge"), "unknown variant 'huge': valid variants are tiny, small, base"),
-    (dict(scan="es3d"), "unknown scan 'es3d': valid scans are es2d, ss2d"),
+    (dict(scan="es3d"), "unknown scan 'es3d': registered scans are es2d, ss2d, zigzag"),
     (dict(step=0), "step must be an integer >= 1"),
-    (dict(scan="ss2d", step=3), "step only applies to scan='es2d'"),
+    (dict(scan="ss2d", step=3), r"step only applies to scans with a parameter \(es2d: step, windows: size\); ss2d "
+                                r"takes none"),
     (dict(stages="evss-first"), "unknown stage layout 'evss-first': valid names are released, all-evss, "
                                 "ir-first, all-ir"),
     (dict(stages=("evss", "ir", "ir")), "stages must be four of evss, ir"),

@@ -86,11 +86,11 @@ def test_queries_agree():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="valid scans are es2d, ss2d"):
+    with pytest.raises(ValueError, match="registered scans are es2d, ss2d"):
         scan_routes("es3d", 4, 4)
     with pytest.raises(ValueError, match="step must be an integer >= 1"):
         scan_routes("es2d", 4, 4, 0)
-    with pytest.raises(ValueError, match="step only applies to scan='es2d'"):
+    with pytest.raises(ValueError, match="step only applies to scans with a parameter"):
         scan_routes("ss2d", 4, 4, 3)
     with pytest.raises(ValueError, match="height must be a positive integer"):
         scan_routes("es2d", 0, 4)

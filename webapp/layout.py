@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from evmamba.analysis.erf import LEVELS
-from evmamba.routes import SCANS
+from evmamba.families import scans
 
 from . import views
 from . import weights as W
@@ -91,10 +91,10 @@ def build_demo() -> gr.Blocks:
             with gr.Tab("Skip-sampling"):
                 with gr.Row():
                     with gr.Column(scale=1):
-                        p_scan = gr.Radio([s.upper() for s in SCANS], value="ES2D", label="scan")
+                        p_scan = gr.Radio([s.upper() for s in scans()], value="ES2D", label="scan")
                         p_h = gr.Slider(2, MAX_GRID, value=8, step=1, label="grid height (56: stage 1 at 224x224)")
                         p_w = gr.Slider(2, MAX_GRID, value=8, step=1, label="grid width")
-                        p_step = gr.Slider(1, MAX_STEP, value=2, step=1, label="step p")
+                        p_step = gr.Slider(1, MAX_STEP, value=2, step=1, label="step p (ES2D) or window side (windows)")
                         p_sample, p_upload = image_inputs("astronaut")
                         p_go = gr.Button("Draw", variant="primary")
                         p_info = gr.Markdown()

@@ -18,7 +18,7 @@ from evmamba.analysis.hidden_attention_figures import attention_row_figure, hidd
 from evmamba.analysis.images import DEFAULT_SAMPLES, fit_image, sample_names
 from evmamba.analysis.partition_plotly import partition_plotly, regrouped_plotly, scan_comparison_plotly
 from evmamba.checks import choice
-from evmamba.routes import SCANS
+from evmamba.families import family, scans
 
 from . import jobs
 from .errors import shows_errors
@@ -58,13 +58,14 @@ def notes(*items) -> str:
 # ---- tab 1: skip-sampling ------------------------------------------------------------------------------
 @shows_errors
 def partition_view(scan="ES2D", height=8, width=8, step=2, sample="astronaut", upload=None):
-    scan = choice(scan.lower() if isinstance(scan, str) else scan, "scan", SCANS)
+    scan = choice(scan.lower() if isinstance(scan, str) else scan, "scan", scans())
     height = whole(height, "grid height", 1, MAX_GRID)
     width = whole(width, "grid width", 1, MAX_GRID)
-    step = whole(step, "step", 1, MAX_STEP) if scan == "es2d" else 2
-    if scan == "es2d" and step > max(height, width):
-        raise ValueError(f"step {step} is larger than the {height}x{width} grid: every sub-map would hold one "
-                         f"patch or none; choose a step of at most {max(height, width)}")
+    param = family(scan).param
+    step = whole(step, "step", 1, MAX_STEP) if param else 2
+    if param and step > max(height, width):
+        raise ValueError(f"{scan}'s {param} {step} is larger than the {height}x{width} grid: the picture would "
+                         f"be mostly padding; choose a {param} of at most {max(height, width)}")
     picture, note, name = pick_image(sample, upload)
     routes = evmamba.scan_routes(scan, height, width, step)
     main = partition_plotly(routes, picture, frames=40 if routes.tokens_read <= 16384 else 20)
@@ -72,10 +73,10 @@ def partition_view(scan="ES2D", height=8, width=8, step=2, sample="astronaut", u
                        legend=dict(orientation="h", yanchor="bottom", y=1.01, x=0))
     regrouped = regrouped_plotly(routes, picture)
     ch, cw = min(height, 16), min(width, 16)
-    comparison = scan_comparison_plotly(picture, height=ch, width=cw, step=step if scan == "es2d" else 2)
+    comparison = scan_comparison_plotly(picture, height=ch, width=cw, step=min(step, max(ch, cw)), scan=scan)
     ss2d = evmamba.scan_routes("ss2d", height, width)
     summary = notes(
-        f"{scan.upper()} on a {height}x{width} grid" + (f" with step {step}" if scan == "es2d" else "")
+        f"{scan.upper()} on a {height}x{width} grid" + (f" with {param} {step}" if param else "")
         + f": {routes.num_routes} routes of {routes.length} tokens, {routes.tokens_read} tokens read "
         f"(SS2D reads {ss2d.tokens_read}).",
         (f"padded to {routes.padded_height}x{routes.padded_width}: the hatched patches are zeros that the scan "
@@ -228,7 +229,7 @@ async def hidden_attention_view(model, what, mixer=0, route="all", row=28, col=2
 def routes_of(scan="es2d", step=2) -> list[str]:
     """The hidden-attention tab's route choices for a scan: all, then each route of that scan."""
     scan = str(scan).lower()
-    return ["all", *map(str, range(evmamba.routes.num_routes(scan, int(step) if scan == "es2d" else 2)))]
+    return ["all", *map(str, range(evmamba.routes.num_routes(scan, int(step) if family(scan).param else 2)))]
 
 
 def route_choices(scan, step):

@@ -143,7 +143,7 @@ def _route_erfs(body, inputs, mixers, routes, requested, *, centre_of, channel_d
     if per_route and mixers:
         for k in range(num_routes):
             pos = requested
-            if routes is not None and routes.scan == "es2d":
+            if routes is not None and not routes.reads_position(k, *requested):  # ES2D: another sub-map's
                 pos = routes.nearest_position(k, *requested)
             plans.append((k, pos))
     device = next(body.parameters()).device

@@ -17,6 +17,7 @@ from matplotlib import patheffects
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from ..routes import scan_label
 from .erf import ERF, THRESHOLDS, RouteERFs
 from .erf_maps import check_convention
 from .style import paper_style, route_colour
@@ -84,8 +85,7 @@ def _centre_of(result: RouteERFs, pos):
 
 
 def _label(result: RouteERFs) -> str:
-    scan = "" if result.scan is None else (f", {result.scan.upper()}" +
-                                           (f" step {result.step}" if result.scan == "es2d" else ""))
+    scan = "" if result.scan is None else f", {scan_label(result.scan, result.step)}"
     what = {"mixer": "mixer ", "block": "EVSS block ", "stage": ""}[result.level]
     return (f"{what}{result.module}{scan}: {result.input_shape[0]}×{result.input_shape[1]} input, "
             f"{result.output_grid[0]}×{result.output_grid[1]} output; {result.inputs}")

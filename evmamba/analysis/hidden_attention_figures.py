@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib import patheffects
 from matplotlib.figure import Figure
 
+from ..routes import scan_label
 from .hidden_attention import HiddenAttention
 from .style import paper_style, route_colour
 
@@ -42,7 +43,7 @@ def _cmap(reduce):
 
 
 def _describe(a: HiddenAttention) -> str:
-    scan = a.scan.upper() + (f" step {a.step}" if a.scan == "es2d" else "")
+    scan = scan_label(a.scan, a.step)
     how = "mean |alpha|" if a.reduce == "abs" else "mean alpha (signed)"
     return f"{a.module}, {scan}, {a.grid[0]}×{a.grid[1]} map; {how} over {a.channels} channels"
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..checks import integer
 from ..model import EfficientVMamba
-from ..routes import ScanRoutes
+from ..routes import ScanRoutes, scan_label
 from .images import load_image, sample_names
 
 PAD_GREY = 225  # pixel value of padded patches in `Partition.image`
@@ -158,8 +158,7 @@ class Partition:
         """'ES2D, step 2, 56×56 grid (padded to 58×58)' and the like."""
         h, w = self.grid
         hp, wp = self.padded_grid
-        scan = self.routes.scan.upper()
-        text = f"{scan}, step {self.routes.step}, {h}×{w} grid" if scan == "ES2D" else f"{scan}, {h}×{w} grid"
+        text = f"{scan_label(self.routes.scan, self.routes.step).replace(' ', ', ', 1)}, {h}×{w} grid"
         if (hp, wp) != (h, w):
             text += f" (padded to {hp}×{wp})"
         return text
@@ -173,7 +172,7 @@ class Partition:
         if not self._single_reader:
             return [(0.16 * float(np.cos(2 * np.pi * i / k + np.pi / 4)),
                      0.16 * float(np.sin(2 * np.pi * i / k + np.pi / 4))) for i in range(k)]
-        p = self.routes.step
+        p = self.routes.submap_step
         out = []
         for r in self.routes.routes:
             if p == 1 or r.submap is None:
@@ -191,7 +190,7 @@ class Partition:
 
     def _submap(self, k: int):
         sub = self.routes.routes[k].submap
-        return (0, 0, 1) if sub is None else (sub[0], sub[1], self.routes.step)
+        return (0, 0, 1) if sub is None else (sub[0], sub[1], self.routes.submap_step)
 
     def sub_positions(self, k: int) -> np.ndarray:
         """(L, 2) route k's reading order in the coordinates of its regrouped sub-image."""

@@ -217,7 +217,7 @@ def partition_figure(source, image=None, *, stage=None, image_size=224, window: 
         _route_overlay(ax, part, alpha=0.25)
         _grid_lines(ax, hp, wp, colour="#bbbbbb", lw=0.4)
         _padding(ax, part.padding)
-        unit = part.routes.step if part.routes.scan == "es2d" else 1
+        unit = part.routes.submap_step
         show_numbers = _auto_numbers(numbers, rows * cols, rows, cols)
         for k, off in enumerate(part.path_offsets()):
             pos = part.positions(k)
@@ -239,8 +239,8 @@ def partition_figure(source, image=None, *, stage=None, image_size=224, window: 
 def _panel_grid(part: Partition):
     """(rows, cols, slot of route k): ES2D's p² sub-maps at their phase (row phase i, column phase j);
     otherwise one row."""
-    if part.routes.scan == "es2d" and part.routes.step > 1:
-        p = part.routes.step
+    if part.routes.submap_step > 1:
+        p = part.routes.submap_step
         return p, p, [tuple(r.submap) for r in part.routes.routes]
     return 1, part.num_routes, [(0, k) for k in range(part.num_routes)]
 
@@ -253,7 +253,7 @@ def _draw_route_on_grid(ax, part: Partition, k: int, numbers, fade=0.45):
     _grid_lines(ax, hp, wp, colour="#cccccc", lw=0.3 if max(hp, wp) > 16 else 0.5)
     _padding(ax, part.padding)
     pos = part.positions(k)
-    unit = part.routes.step if part.routes.scan == "es2d" else 1
+    unit = part.routes.submap_step
     dense = max(hp, wp) > 16
     _draw_path(ax, pos, k, unit, numbers=_auto_numbers(numbers, len(pos), hp, wp), lw=0.5 if dense else 1.0,
                arrows=None if len(pos) <= 40 else MAX_ARROWS, dense=dense)
@@ -297,7 +297,7 @@ def route_paths_figure(source, image=None, *, stage=None, image_size=224, layout
             if layout == "sub-images":
                 _draw_route_sub_image(ax, part, k, numbers)
                 rows, cols = part.sub_grid(k)
-                size = f"{rows}×{cols} sub-image" if part.routes.scan == "es2d" else "whole image"
+                size = f"{rows}×{cols} sub-image" if part.routes.submap_step > 1 else "whole image"
             else:
                 _draw_route_on_grid(ax, part, k, numbers)
                 size = "full grid"
@@ -307,7 +307,7 @@ def route_paths_figure(source, image=None, *, stage=None, image_size=224, layout
         fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
         if layout == "grid":
             what = "each route on the grid"
-        elif part.routes.scan == "es2d":
+        elif part.routes.submap_step > 1:
             what = "regrouped sub-images each route scans"
         else:
             what = "each route reads the whole image, in its own order"
@@ -317,14 +317,15 @@ def route_paths_figure(source, image=None, *, stage=None, image_size=224, layout
 
 
 def scan_comparison_figure(image=None, *, height: int = 8, width: int = 8, step: int = 2,
-                           numbers: bool | None = None) -> Figure:
-    """ES2D's routes (top rows) and SS2D's four routes (bottom row) on the same height×width grid, each
-    drawn the same way: the route's patches tinted on the full grid, its path and reading order over them.
-    ES2D reads every patch once, split into step² short routes; SS2D reads every patch four times."""
+                           numbers: bool | None = None, scan: str = "es2d") -> Figure:
+    """A scan's routes (top rows; ES2D by default) and SS2D's four routes (bottom row) on the same
+    height×width grid, each drawn the same way: the route's patches tinted on the full grid, its path and
+    reading order over them. ES2D reads every patch once, split into step² short routes; SS2D reads every
+    patch four times."""
     from ..routes import scan_routes
-    es = partition(scan_routes("es2d", height, width, step), image)
+    es = partition(scan_routes(scan, height, width, step), image)
     ss = partition(scan_routes("ss2d", height, width), image)
-    ncols = max(4, step if step > 2 else 4)
+    ncols = max(4, es.routes.submap_step)
     es_rows = -(-es.num_routes // ncols)
     with paper_style():
         side = min(1.8, 7.2 / ncols)

@@ -152,7 +152,7 @@ def _axes(fig, rows: int, cols: int, row=None, col=None, ticks=True):
 
 
 def _unit(part: Partition) -> int:
-    return part.routes.step if part.routes.scan == "es2d" else 1
+    return part.routes.submap_step
 
 
 def partition_plotly(source, image=None, *, stage=None, image_size=224, frames: int = 40) -> go.Figure:
@@ -244,8 +244,8 @@ def regrouped_plotly(source, image=None, *, stage=None, image_size=224) -> go.Fi
     ⌈H/p⌉×⌈W/p⌉ picture (panel row i, column j), with the route's path; SS2D's routes each over the whole
     image."""
     part = partition(source, image, stage=stage, image_size=image_size)
-    if part.routes.scan == "es2d" and part.routes.step > 1:
-        n_rows = n_cols = part.routes.step
+    if part.routes.submap_step > 1:
+        n_rows = n_cols = part.routes.submap_step
         slots = [tuple(r.submap) for r in part.routes.routes]
     else:
         n_rows, n_cols = 1, part.num_routes
@@ -281,15 +281,16 @@ def _axis_no(i: int, j: int, n_cols: int) -> str:
     return "" if n == 1 else str(n)
 
 
-def scan_comparison_plotly(image=None, *, height: int = 8, width: int = 8, step: int = 2) -> go.Figure:
-    """ES2D's routes (top) and SS2D's four routes (bottom row) on the same height×width grid, drawn the
-    same way: each route's patches tinted on the full grid, its path in reading order over them."""
+def scan_comparison_plotly(image=None, *, height: int = 8, width: int = 8, step: int = 2,
+                           scan: str = "es2d") -> go.Figure:
+    """A scan's routes (top; ES2D by default) and SS2D's four routes (bottom row) on the same height×width
+    grid, drawn the same way: each route's patches tinted on the full grid, its path in reading order."""
     from ..routes import scan_routes
-    es_routes = scan_routes("es2d", height, width, step)
+    es_routes = scan_routes(scan, height, width, step)
     patch = max(4, round(256 / max(es_routes.padded_shape)))  # small pictures: many panels share the page
     es = partition(es_routes, image, patch=patch)
     ss = partition(scan_routes("ss2d", height, width), image, patch=patch)
-    n_cols = 4 if step <= 2 else max(4, step)
+    n_cols = max(4, es_routes.submap_step)
     es_rows = -(-es.num_routes // n_cols)
     n_rows = es_rows + 1
     slots = [(es, k, k // n_cols, k % n_cols) for k in range(es.num_routes)]

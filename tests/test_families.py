@@ -213,3 +213,19 @@ def test_the_routes_table_lists_every_family():
     assert rows["es2d"]["tokens read"] == 196 and rows["ss2d"]["tokens read"] == 784
     assert rows["hilbert"]["padding"] == pytest.approx(1 - 196 / 256)
     assert family("windows").param == "size"
+
+
+def test_hidden_attention_and_route_contributions_for_a_new_family(register):
+    from evmamba.analysis.attribution import route_contributions
+    from evmamba.analysis.hidden_attention import model_hidden_attention
+    register("spiral", spiral)
+    torch.manual_seed(0)
+    for scan in ("zigzag", "spiral"):
+        model = evmamba.build_model("tiny", scan=scan, num_classes=3).eval()
+        k = model.layers[0].blocks[0].op.num_routes
+        atts = model_hidden_attention(model, "chelsea", image_size=64)
+        assert len(atts) == k and all(np.isfinite(a.matrix).all() for a in atts)
+        table = route_contributions(model, "chelsea", image_size=64, bar=False)
+        blocks = 4  # tiny's EVSS blocks
+        assert len(table) == (blocks + 1) * (k + 1)  # each route, then all, in each block and all blocks at once
+        assert np.isfinite(table["change"].to_numpy(float)).all()

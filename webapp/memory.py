@@ -2,10 +2,9 @@
 
 A server computes in many threads; glibc's allocator gives each thread an arena of its own, and raises its
 threshold for returning large blocks to the system as it sees them freed, so the memory of finished
-requests stays with the process as free, fragmented heap. Capping the arenas and fixing the threshold
-(large tensors then always come from, and go back to, the system), and trimming the heap after each
-request, keep the resident set at what the live models and requests use. Elsewhere than Linux with glibc
-nothing is done.
+requests stays with the process as free, fragmented heap. Capping the arenas, and trimming the heap after
+each request (malloc_trim also returns free pages inside the heap), keep the resident set at what the live
+models and requests use. Elsewhere than Linux with glibc nothing is done.
 """
 from __future__ import annotations
 
@@ -13,8 +12,7 @@ import ctypes
 import ctypes.util
 import functools
 
-M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # mallopt parameters (glibc malloc.h)
-MMAP_THRESHOLD = 256 * 1024  # blocks from this size up are mapped, and unmapped when freed
+M_ARENA_MAX = -8  # a mallopt parameter (glibc malloc.h)
 ARENAS = 2
 
 
@@ -32,11 +30,11 @@ def _libc():
 
 
 def limit_fragmentation() -> bool:
-    """Cap glibc's arenas and fix its mmap threshold (call once, early). True when it could."""
+    """Cap glibc's arenas (call once, early). True when it could."""
     libc = _libc()
     if libc is None:
         return False
-    return bool(libc.mallopt(M_ARENA_MAX, ARENAS)) and bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    return bool(libc.mallopt(M_ARENA_MAX, ARENAS))
 
 
 def trim() -> None:

@@ -33,14 +33,11 @@ def _colour(e: ERF) -> str:
 CONVENTION_NAMES = {"replknet": "RepLKNet", "cell-centred": "cell-centred"}
 
 
-def _percent(r: float) -> str:
-    return "none" if np.isnan(r) else f"{100 * r:.2g}%"
-
-
 def _ratios_text(e: ERF, thresholds, convention) -> str:
-    items = [f"{t:g}: {_percent(r)}" for t, r in e.area_ratios(thresholds, convention).items()]
-    lines = ["  ".join(items[i:i + 2]) for i in range(0, len(items), 2)]
-    return f"area ratio ({CONVENTION_NAMES[convention]}) at " + "\n".join(lines)
+    """'area ratio, RepLKNet:\n0.2/0.3/0.5/0.99: 14/14/14/39%' (compact: panels sit side by side)."""
+    ratios = e.area_ratios(thresholds, convention)
+    values = "/".join("none" if np.isnan(r) else f"{100 * r:.2g}" for r in ratios.values())
+    return f"area ratio, {CONVENTION_NAMES[convention]}:\n{'/'.join(f'{t:g}' for t in ratios)}: {values}%"
 
 
 def _outline():

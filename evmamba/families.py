@@ -183,8 +183,8 @@ def zigzag(height: int, width: int) -> FamilyRoutes:
     """PlainMamba's continuous 2-D scan (Yang et al., arXiv 2403.17695): serpentine orders in which
     consecutive tokens are always neighbours on the grid. Here the snake by rows (left to right, then right
     to left on the next row), the snake by columns (down, then up), both from the top-left corner, and
-    each reversed: 4 routes. (PlainMamba varies the starting corner per direction; this family fixes the
-    four routes above.)"""
+    each reversed: 4 routes. (The corners PlainMamba's own scans start from are not reproduced: these are
+    the two snakes from the top-left corner and their reverses, which start where the snakes end.)"""
     grid = _grid(height, width)
     return _with_reverses([_snake(grid), _snake(grid.t())], [Route("row snake", "row"),
                                                              Route("column snake", "col")])
@@ -193,9 +193,9 @@ def zigzag(height: int, width: int) -> FamilyRoutes:
 def windows(height: int, width: int, size: int = 7) -> FamilyRoutes:
     """LocalMamba's local scan (Huang et al., arXiv 2403.09338): the map padded at the bottom/right to
     multiples of `size` and cut into size×size windows; the row-first route reads the windows row by row and
-    each window row-major, the column-first route reads the windows column by column and each window
-    column-major (as LocalMamba's local scan and its transposed form); then both reversed (LocalMamba's
-    flipped scans). LocalMamba searches window sizes 2 and 7."""
+    each window row-major (LocalMamba's local scan), the column-first route is its transpose (windows column
+    by column, each column-major); then both reversed (LocalMamba's flipped scans). LocalMamba searches
+    window sizes 2 and 7."""
     s = size
     hp, wp = -(-height // s) * s, -(-width // s) * s
     grid = _grid(hp, wp)
@@ -263,8 +263,8 @@ def diagonal(height: int, width: int) -> FamilyRoutes:
     """Diagonal scans, as in RS-Mamba's omnidirectional scan (Zhao et al., arXiv 2404.02668): the diagonal
     route reads the lines parallel to the main diagonal (row − column constant), from the top-right corner's
     line to the bottom-left's, each from its top; the anti-diagonal route reads the lines row + column
-    constant from the top-left corner, each from its top; then both reversed. (RS-Mamba builds its diagonal
-    sequences by shifting rows; this family reads the true diagonals.)"""
+    constant from the top-left corner, each from its top; then both reversed. (RS-Mamba's code builds its
+    diagonal sequences its own way; this family reads the true diagonals of the map.)"""
     r, c = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
     r, c = r.flatten(), c.flatten()
     main = torch.argsort((r - c) * (height + width) + r)

@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from evmamba.agreement import rel_err  # the relative error the tests use (test modules import it from here)
+
 # Under pytest-xdist each worker, and every process it starts (notebook kernels, torchrun workers), gets its
 # share of the cores: OpenMP threads beyond the free cores spin against each other (a notebook ran 7x slower)
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
@@ -15,11 +17,6 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 DATA = Path(__file__).parent / "data"
 sys.path.insert(0, str(DATA))
 sys.path.insert(0, str(Path(__file__).parent))
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max |a - b| / max |b|: the relative error used throughout the tests."""
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
 @pytest.fixture(scope="session")
@@ -68,3 +65,6 @@ def client(app_url):
     """A gradio_client Client of the test server (skips when gradio_client is not installed)."""
     gradio_client = pytest.importorskip("gradio_client")
     return gradio_client.Client(app_url, verbose=False)
+
+
+__all__ = ["rel_err"]

@@ -12,6 +12,15 @@ first and the image is then drawn to match them, so labels are correct by constr
                         of "red here" and "green there" is the midpoint of "red, red" and "green,
                         green", so no linear read-out of the pooled features separates same from
                         different. Some layer must carry one marker's colour to the other's position.
+    contours  (global)  Pathfinder-style contour integration (Linsley et al., NeurIPS 2018; Long Range Arena's
+                        Pathfinder, Tay et al., ICLR 2021): curved dashed paths on a dark ground, two of
+                        them long, a few short distractors, and two endpoint dots: are the dots the two ends
+                        of one path? Negatives put the dots on the ends of the two long paths, so both
+                        classes show the same paths and dots. Every label is checked by an independent
+                        connectivity test on the pixels (`dots_connected`: a flood fill through the paths'
+                        pixels, bridging the gaps between dashes); images where the test disagrees with the
+                        drawn label are drawn again (negatives whose paths come within a few pixels of each other
+                        too, so no negative is nearly connected).
     texture+markers     both at once: the grating fills the middle third of the image and the markers sit
                         on grey in the outer thirds (the grating between them); two labels per image
                         (orientation, match), answered by two heads of one classifier.
@@ -43,6 +52,8 @@ MARKER_NOISE = 0.05  # standard deviation of the grey background's pixel noise
 ORIENTATIONS = (0, 45, 90, 135)  # degrees from horizontal (image rows run downwards), the texture classes
 PERIODS = (4.0, 8.0)  # grating period range, pixels
 TEXTURE_NOISE = 0.06
+# contours: dash and gap along a path (pixels), the path step, and how far a path turns per step
+DASH, GAP, PATH_STEP, CURVATURE = 2.0, 1.5, 0.5, 0.015
 
 
 @dataclass(frozen=True)
@@ -61,13 +72,16 @@ TASKS = {
                         "which of four orientations a grey grating (random period, phase, contrast, noise) has"),
     "markers": TaskInfo("markers", "global", (2,), ("match",), (("different", "same"),),
                         "do two coloured squares, one in the left and one in the right third, have the same colour"),
+    "contours": TaskInfo("contours", "global", (2,), ("connected",), (("apart", "connected"),),
+                         "are two dots the two ends of one curved dashed path (Pathfinder-style contour "
+                         "integration, with distractor paths)"),
     "texture+markers": TaskInfo("texture+markers", "local and global", (len(ORIENTATIONS), 2),
                                 ("orientation", "match"), (_ORIENTATION_NAMES, ("different", "same")),
                                 "a grating in the middle third between the two markers: its orientation, and "
                                 "whether the markers match"),
 }
 # Which task and label head measures which ability (the tables' accuracy columns).
-HEAD_ABILITY = {"orientation": "local", "match": "global"}
+HEAD_ABILITY = {"orientation": "local", "match": "global", "connected": "global"}
 
 
 @dataclass
@@ -154,7 +168,92 @@ def _both(rng, size, labels):
     return img, details
 
 
-_DRAW = {"texture": _texture, "markers": _markers, "texture+markers": _both}
+def _path(rng, size: int, length: float) -> np.ndarray:
+    """(n, 2) points (row, col) of a smooth random curve of about `length` pixels inside the image (a
+    margin of 2 px), turning by a random-walk amount each PATH_STEP and away from the borders."""
+    lo, hi = 2.0, size - 3.0
+    pos = rng.uniform(lo + 2, hi - 2, size=2)
+    heading = rng.uniform(0, 2 * np.pi)
+    turn = 0.0
+    points = [pos.copy()]
+    for _ in range(int(length / PATH_STEP)):
+        turn = 0.9 * turn + rng.normal(0, CURVATURE)
+        heading += turn
+        step = PATH_STEP * np.array([np.sin(heading), np.cos(heading)])
+        if not (lo <= pos[0] + step[0] <= hi and lo <= pos[1] + step[1] <= hi):
+            heading += np.pi / 2 * (1 if rng.random() < 0.5 else -1)  # turn away from the border
+            turn = 0.0
+            continue
+        pos = pos + step
+        points.append(pos.copy())
+    return np.asarray(points)
+
+
+def _dashes(points: np.ndarray, mask: np.ndarray) -> None:
+    """Mark (in place) the pixels of `points` that fall on dashes: DASH pixels drawn, GAP left out."""
+    arc = np.arange(len(points)) * PATH_STEP
+    on = (arc % (DASH + GAP)) < DASH
+    rows, cols = np.round(points[on]).astype(int).T
+    mask[rows, cols] = True
+
+
+def dots_connected(mask: np.ndarray, a, b, bridge: int = 2) -> bool:
+    """Whether pixels a and b are joined through `mask` when gaps of up to `bridge` pixels are bridged: a
+    flood fill from a over the mask grown by `bridge` (the independent check of the contours labels)."""
+    grown = mask.copy()
+    for _ in range(bridge // 2 + bridge % 2):
+        g = grown.copy()
+        g[1:] |= grown[:-1]
+        g[:-1] |= grown[1:]
+        g[:, 1:] |= grown[:, :-1]
+        g[:, :-1] |= grown[:, 1:]
+        grown = g
+    reach = np.zeros_like(mask)
+    reach[a] = grown[a]
+    while True:
+        nxt = reach.copy()
+        nxt[1:] |= reach[:-1]
+        nxt[:-1] |= reach[1:]
+        nxt[:, 1:] |= reach[:, :-1]
+        nxt[:, :-1] |= reach[:, 1:]
+        nxt &= grown
+        if (nxt == reach).all():
+            return bool(reach[b])
+        reach = nxt
+
+
+def _contours(rng, size, labels):
+    connected = labels[0]
+    attempt = 0
+    for attempt in range(1, 1001):  # noqa: B007 - the count is reported in the details
+        long_paths = [_path(rng, size, 1.4 * size) for _ in range(2)]
+        distractors = [_path(rng, size, 0.4 * size) for _ in range(max(1, size // 16))]
+        ends = [tuple(np.round(long_paths[0][0]).astype(int)),
+                tuple(np.round(long_paths[0 if connected else 1][-1]).astype(int))]
+        if np.hypot(*np.subtract(*ends)) < size / 3:  # the dots at least a third of the image apart
+            continue
+        mask = np.zeros((size, size), dtype=bool)
+        for p in long_paths + distractors:
+            _dashes(p, mask)
+        for r, c in ends:
+            mask[r, c] = True
+        # the label by pixels: positives joined with the dashes' gaps bridged; negatives apart even when gaps
+        # twice as wide are bridged (no two paths nearly touching between the dots)
+        if connected and not dots_connected(mask, ends[0], ends[1], bridge=2):
+            continue
+        if not connected and dots_connected(mask, ends[0], ends[1], bridge=4):
+            continue
+        break
+    else:  # pragma: no cover - the image is redrawn until it agrees; 1000 failures would be a bug
+        raise RuntimeError("could not draw a contours image whose pixels agree with its label")
+    img = 0.1 + rng.normal(0, MARKER_NOISE, size=(3, size, size))
+    img[:, mask] = 0.85
+    for r, c in ends:  # the dots: 3x3 bright squares
+        img[:, max(0, r - 1):r + 2, max(0, c - 1):c + 2] = 1.0
+    return np.clip(img, 0, 1), dict(ends=ends, mask=mask, attempts=attempt)
+
+
+_DRAW = {"texture": _texture, "markers": _markers, "contours": _contours, "texture+markers": _both}
 
 
 def draw_image(name: str, size: int, seed: int, index: int):
@@ -181,5 +280,5 @@ def make_task(name: str, count: int, size: int = 32, seed: int = 0, start: int =
     return TaskData(info, torch.from_numpy(images), torch.from_numpy(labels), seed, meta)
 
 
-__all__ = ["HEAD_ABILITY", "MARKER_COLOURS", "MARKER_SIDE", "ORIENTATIONS", "TASKS", "TaskData", "TaskInfo",
-           "draw_image", "grating", "make_task", "place_markers"]
+__all__ = ["DASH", "GAP", "HEAD_ABILITY", "MARKER_COLOURS", "MARKER_SIDE", "ORIENTATIONS", "TASKS", "TaskData",
+           "TaskInfo", "dots_connected", "draw_image", "grating", "make_task", "place_markers"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ablations.data import TaskDataset, epoch_order, shard_batches
-from ablations.tasks import MARKER_COLOURS, MARKER_SIDE, ORIENTATIONS, TASKS, draw_image, make_task
+from ablations.tasks import MARKER_COLOURS, MARKER_SIDE, ORIENTATIONS, TASKS, dots_connected, draw_image, make_task
 
 
 def dominant_orientation(img: np.ndarray) -> int:
@@ -63,6 +63,41 @@ def test_composite_has_both_labels_and_both_are_right():
         lo, hi = meta["band"]  # the grating fills the middle third; the markers lie outside it
         assert all(c + MARKER_SIDE <= lo or c >= hi for _, c, _ in meta["boxes"])
         assert dominant_orientation(img[:, :, lo:hi]) == ORIENTATIONS[orientation]
+
+
+def _flood(mask, a, b):
+    """A second connectivity test, written apart from the task's: breadth-first search over 8-neighbours of
+    the path pixels, gaps of up to 2 pixels between dashes bridged (5x5 neighbourhood)."""
+    from collections import deque
+    h, w = mask.shape
+    seen, queue = {a}, deque([a])
+    while queue:
+        r, c = queue.popleft()
+        if (r, c) == b:
+            return True
+        for dr in range(-2, 3):
+            for dc in range(-2, 3):
+                n = (r + dr, c + dc)
+                if 0 <= n[0] < h and 0 <= n[1] < w and n not in seen and mask[n]:
+                    seen.add(n)
+                    queue.append(n)
+    return False
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_contour_labels_match_the_pixels(size):
+    data = make_task("contours", 60, size, seed=3)
+    labels = data.labels[:, 0].tolist()
+    assert 0.3 < np.mean(labels) < 0.7
+    for img, label, details in zip(data.images.numpy(), labels, data.meta):
+        bright = img.mean(0) > 0.5  # paths (0.85) and dots (1.0) on a dark ground (0.1)
+        dots = img.min(0) > 0.99
+        a, b = details["ends"]
+        assert dots[a] and dots[b]
+        assert np.hypot(a[0] - b[0], a[1] - b[1]) >= size / 3
+        # the dashes' gaps (1.5 px along the path) are bridged by a 2-pixel reach
+        assert dots_connected(bright, a, b) == bool(label)
+        assert _flood(bright, a, b) == bool(label)
 
 
 @pytest.mark.parametrize("name", list(TASKS))

@@ -75,6 +75,12 @@ class ScanFamily:
 
 PROBE = 16  # a user family's route count K is counted on a PROBE×PROBE map (the model is sized before it sees one)
 _FAMILIES: dict[str, ScanFamily] = {}
+ON_CHANGE: list[Callable[[str], None]] = []  # called with a name registered again or removed (routes' caches)
+
+
+def _changed(name: str) -> None:
+    for forget in ON_CHANGE:
+        forget(name)
 
 
 def register_scan(name: str, family: Callable, *, param: str | None = None, low: int = 1, high: int | None = None,
@@ -97,8 +103,7 @@ def register_scan(name: str, family: Callable, *, param: str | None = None, low:
     doc = inspect.getdoc(family) or ""
     entry = ScanFamily(name, family, param, low, high, routes, doc.split("\n")[0])
     _FAMILIES[name] = entry
-    from .routes import forget  # routes already built under this name are stale
-    forget(name)
+    _changed(name)
     return entry
 
 
@@ -107,8 +112,7 @@ def unregister_scan(name: str) -> None:
     if name in BUILT_IN:
         raise ValueError(f"{name!r} is a built-in scan and cannot be removed")
     _FAMILIES.pop(name, None)
-    from .routes import forget
-    forget(name)
+    _changed(name)
 
 
 def scans() -> tuple[str, ...]:

@@ -21,6 +21,7 @@ import torch.nn as nn
 from .blocks import EVSSStage, IRStage, channels_last
 from .checks import choice, flag, integer
 from .families import family, scans
+from .mixer import SelectiveScan2D
 from .routes import SCANS, check_scan
 from .scan import check_backend
 
@@ -331,7 +332,6 @@ def count_parameters(model: nn.Module) -> int:
 
 def scan_mixers(module: nn.Module) -> list:
     """(name, SelectiveScan2D) for every selective-scan mixer in `module` (the module itself included)."""
-    from .mixer import SelectiveScan2D
     return [(n, m) for n, m in module.named_modules() if isinstance(m, SelectiveScan2D)]
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import families
 from .families import BUILT_IN, FamilyRoutes, Route, _as_routes, family, scans
 
 SCANS = BUILT_IN  # the built-in scans; scans() lists those registered from user code too
@@ -273,6 +274,9 @@ def forget(scan: str) -> None:
     for cache in (_ROUTES, _TABLES):
         for key in [k for k in cache if k[0] == scan]:
             del cache[key]
+
+
+families.ON_CHANGE.append(forget)  # a family registered again: its cached routes and tables are stale
 
 
 def scan_routes(scan: str, height: int, width: int, step: int = 2) -> ScanRoutes:

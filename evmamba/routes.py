@@ -4,7 +4,9 @@ A route is data. `scan_routes(scan, height, width, step)` returns a `ScanRoutes`
 (K routes × L tokens) holds flat positions on a (possibly padded) grid, in reading order. The model's
 cross-scan is one gather by that index (`cross_scan`) and its cross-merge one gather back by its inverse,
 each position's readers summed (`cross_merge`); the partition pictures, per-route receptive fields and
-FLOP counts read the same object, so a picture cannot disagree with what the model computes.
+FLOP counts read the same object, so a picture cannot disagree with what the model computes. The routes
+come from a registered family (evmamba.families: the built-ins below, zigzag, windows, hilbert, diagonal,
+and any added with register_scan) and are checked here when built.
 
 SS2D (VMamba's four-way scan): K = 4 routes, each over all H·W positions, no padding:
   0 row-major, 1 column-major, 2 = route 0 reversed, 3 = route 1 reversed.

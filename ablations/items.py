@@ -13,7 +13,7 @@ Items are plain picklable data, so worker processes run them as they are.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar
 
@@ -33,8 +33,15 @@ class Item:
         return slug(self.row)
 
     def key(self) -> dict:
-        """The configuration the stored result is keyed by (JSON-able)."""
-        return {"row": config_dict(self.row)}
+        """The configuration the stored result is keyed by (JSON-able): the row, then every other field in
+        order under its name, or under the name its metadata gives as "key" (None: not part of the key)."""
+        out = {"row": config_dict(self.row)}
+        for f in fields(self):
+            name = f.metadata.get("key", f.name)
+            if f.name != "row" and name is not None:
+                value = getattr(self, f.name)
+                out[name] = list(value) if isinstance(value, tuple) else value
+        return out
 
     def run(self) -> dict:
         raise NotImplementedError
@@ -55,11 +62,8 @@ class MemoryItem(Item):
     estimate: ClassVar[int] = 3
     size: int = 224
     batch: int = 1
-    device: str = "cpu"
-    where: str = ""  # the device's description, part of the key
-
-    def key(self) -> dict:
-        return {**super().key(), "size": self.size, "batch": self.batch, "device": self.where}
+    device: str = field(default="cpu", metadata={"key": None})  # where it runs; `where` describes it in the key
+    where: str = field(default="", metadata={"key": "device"})  # the device's description
 
     def run(self) -> dict:
         from .measure import peak_memory
@@ -74,9 +78,6 @@ class ErfItem(Item):
     size: int = 224
     inputs: int = 2
     seed: int = 0
-
-    def key(self) -> dict:
-        return {**super().key(), "stage": self.stage, "size": self.size, "inputs": self.inputs, "seed": self.seed}
 
     def run(self) -> dict:
         from .measure import erf_ratios
@@ -122,22 +123,15 @@ class TimedItem(Item):
 
     batch: int = 1
     repeats: int = 2
-    device: str = "cpu"
-    where: str = ""
+    device: str = field(default="cpu", metadata={"key": None})  # where it runs; `where` describes it in the key
+    where: str = field(default="", metadata={"key": "device"})  # the device's description
     threads: int = 1
-
-    def key(self) -> dict:
-        return {**super().key(), "batch": self.batch, "repeats": self.repeats, "device": self.where,
-                "threads": self.threads}
 
 
 @dataclass(frozen=True)
 class SpeedItem(TimedItem):
     kind: ClassVar[str] = "speed"
     size: int = 224
-
-    def key(self) -> dict:
-        return {**super().key(), "size": self.size}
 
     def run(self) -> dict:
         from .measure import speed
@@ -148,9 +142,6 @@ class SpeedItem(TimedItem):
 class ScalingItem(TimedItem):
     kind: ClassVar[str] = "scaling"
     sizes: tuple = ()
-
-    def key(self) -> dict:
-        return {**super().key(), "sizes": list(self.sizes)}
 
     def run(self) -> list:
         from .measure import scaling

@@ -41,8 +41,7 @@ MODE_KEYS = {
 def design(**fields) -> ModelConfig:
     """The validated design with these fields (the others at the released design's values); fields that do
     not apply to it take their defaults."""
-    config, default = ModelConfig(**fields), ModelConfig()
-    return dataclasses.replace(config, **{f: getattr(default, f) for f in FIELDS if not config.applies(f)}).validate()
+    return ModelConfig(**fields).settled()
 
 
 def config_dict(config: ModelConfig) -> dict:

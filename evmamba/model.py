@@ -122,6 +122,13 @@ class ModelConfig:
         check_backend(self.backend)
         return dataclasses.replace(self, stages=stages, drop_path=float(self.drop_path))
 
+    def settled(self) -> ModelConfig:
+        """This config validated, with the fields that do not apply to its design at their defaults (so one
+        design has one config: an SS2D model's step is always the default)."""
+        default = ModelConfig()
+        return dataclasses.replace(self, **{f.name: getattr(default, f.name) for f in dataclasses.fields(self)
+                                            if not self.applies(f.name)}).validate()
+
     def applies(self, name: str) -> bool:
         """Whether field `name` means anything for this design (`step` only for a scan with a parameter)."""
         return name != "step" or family(self.scan).param is not None

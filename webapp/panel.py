@@ -75,10 +75,7 @@ def _value(f, value):
 
 def design(values: dict) -> ModelConfig:
     """The ModelConfig of the panel's values (fields that do not apply to the design take their defaults)."""
-    config = ModelConfig(**{f.name: _value(f, values[f.name]) for f in DESIGN})
-    defaults = ModelConfig()
-    return dataclasses.replace(config, **{f.name: getattr(defaults, f.name) for f in DESIGN
-                                          if not config.applies(f.name)}).validate()
+    return ModelConfig(**{f.name: _value(f, values[f.name]) for f in DESIGN}).settled()
 
 
 def _wrap(fn, extra: list[inspect.Parameter], make, default=_default, check=None):

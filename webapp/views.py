@@ -247,16 +247,21 @@ def ablation_tables():
     return load_tables(SETTINGS.ablations or None)
 
 
+@functools.lru_cache(maxsize=1)
+def ablation_grid():
+    """The ablation grid (read once: the tables' order, titles and questions)."""
+    from ablations.config import load_grid
+    return load_grid()
+
+
 def table_names() -> list[str]:
     """The ablation tables in the grid's order, then any others the run wrote (erf_init, scaling)."""
-    from ablations.config import load_grid
-    tables = ablation_tables()
-    return [n for n in load_grid().tables if n in tables] + [n for n in tables if n not in load_grid().tables]
+    tables, grid = ablation_tables(), ablation_grid().tables
+    return [n for n in grid if n in tables] + [n for n in tables if n not in grid]
 
 
 def ablation_titles() -> dict:
-    from ablations.config import load_grid
-    return {t.name: f"**{t.title}.** {t.question}" for t in load_grid().tables.values()}
+    return {t.name: f"**{t.title}.** {t.question}" for t in ablation_grid().tables.values()}
 
 
 def chart_columns(table) -> list[str]:

@@ -19,6 +19,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from evmamba.routes import scan_routes
+
 from . import memory
 from .settings import SETTINGS
 
@@ -112,9 +114,9 @@ async def run(fn, *args, progress=None, **kwargs):
 
 # ---- the cost of a request ---------------------------------------------------------------------------------
 # Relative cost of one forward+backward pass at 224², from the FLOPs of the released designs (tiny 0.81,
-# small 1.34, base 4.00 G) and the measured ratio of SS2D to ES2D on a CPU (about 4x: four times the tokens).
+# small 1.34, base 4.00 G), times the tokens the scan reads per position of stage 1's 56x56 map (the
+# measured ratio of SS2D to ES2D on a CPU is about 4x: four times the tokens; any other family likewise).
 VARIANT_FACTOR = {"tiny": 1.0, "small": 1.67, "base": 4.95}
-SCAN_FACTOR = {"ss2d": 4.0}
 _UNIT: dict = {}  # device -> seconds of one tiny ES2D forward+backward at 224², measured once
 
 
@@ -135,7 +137,8 @@ def unit_seconds(device: str) -> float:
 
 def passes_cost(config, passes: float, size: int = 224) -> float:
     """Estimated seconds of `passes` forward+backward passes of `config` at size² on this server."""
-    factor = VARIANT_FACTOR.get(config.variant, 5.0) * SCAN_FACTOR.get(config.scan, 1.0) * (size / 224) ** 2
+    tokens = scan_routes(config.scan, 56, 56, config.step).tokens_read / 56 ** 2  # 1 for ES2D, 4 for SS2D
+    factor = VARIANT_FACTOR.get(config.variant, 5.0) * tokens * (size / 224) ** 2
     return passes * factor * unit_seconds(SETTINGS.device)
 
 

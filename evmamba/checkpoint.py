@@ -27,6 +27,7 @@ from .errors import CheckpointError, CheckpointMismatchError
 from .files import atomic_path
 from .hub import resolve
 from .model import STAGE_KINDS, VARIANTS, EfficientVMamba, ModelConfig
+from .routes import scan_label
 
 WRAPPER_KEYS = ("model", "state_dict", "model_ema", "state_dict_ema")
 PREFIXES = ("module.", "backbone.")
@@ -241,8 +242,7 @@ def _mismatch_message(model, report: LoadReport) -> str:
     if routes and mine:
         ck, mo = routes[0]
         parts.insert(0, f"the checkpoint's mixers have {ck} routes (per-route parameter sets), the model's scan "
-                        f"{mine['scan']}" + (f" (step {mine['step']})" if model.config.applies("step") else "")
-                        + f" has {mo}")
+                        f"{scan_label(mine['scan'], mine['step'])} has {mo}")
     msg = f"checkpoint {report.checkpoint.source} does not fit the model {what}:\n  " + "\n  ".join(parts)
     try:
         fits = describe_checkpoint(report.checkpoint)

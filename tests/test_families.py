@@ -191,7 +191,7 @@ def test_the_model_runs_forward_and_backward_with_every_family(scan, size):
 def test_a_checkpoint_with_another_route_count_is_refused_naming_both(tmp_path):
     path = evmamba.save_checkpoint(evmamba.build_model("tiny", step=3, num_classes=4), tmp_path / "es2d3.pt")
     with pytest.raises(evmamba.CheckpointMismatchError, match=r"the checkpoint's mixers have 9 routes \(per-route "
-                                                             r"parameter sets\), the model's scan zigzag has 4"):
+                                                             r"parameter sets\), the model's scan ZIGZAG has 4"):
         evmamba.load_checkpoint(evmamba.build_model("tiny", scan="zigzag", num_classes=4), path)
 
 

@@ -25,6 +25,7 @@ from ..checks import integer
 from ..mixer import SelectiveScan2D
 from ..model import scan_mixers
 from ..probes import Probe, active, identity_scan, probe, using
+from ..routes import scan_label
 
 
 def _mixers(target) -> list[SelectiveScan2D]:
@@ -41,7 +42,7 @@ def _mixers(target) -> list[SelectiveScan2D]:
 
 def check_route(mixer: SelectiveScan2D, k) -> int:
     return integer(k, "route", 0, mixer.num_routes - 1,
-                   note=f" ({mixer.scan} at step {mixer.step} has {mixer.num_routes} routes)")
+                   note=f" ({scan_label(mixer.scan, mixer.step)} has {mixer.num_routes} routes)")
 
 
 def routes_kept(target, masks):

@@ -17,6 +17,7 @@ from .checkpoint import describe_checkpoint, load_checkpoint, read_checkpoint
 from .checks import flag, integer
 from .imagenet import class_names, preprocess
 from .model import EfficientVMamba, ModelConfig, Weights
+from .routes import num_routes, scan_label
 
 # The authors' ImageNet-1K checkpoints (the released design: ES2D at step 2, EVSS-EVSS-IR-IR, 1000 classes).
 PRETRAINED = {
@@ -85,10 +86,11 @@ def _check_pretrained(config: ModelConfig) -> None:
               if getattr(released.validate(), name) != value]
     if differ:
         hint = ""
-        if config.scan == "ss2d":
-            hint = (" (SS2D has the same parameters, so to run the ES2D-trained weights under SS2D load them "
-                    f"explicitly: load_checkpoint(build_model({config.variant!r}, scan='ss2d'), "
-                    f"{PRETRAINED[config.variant]!r}))")
+        if config.scan != "es2d" and num_routes(config.scan, config.step) == num_routes("es2d"):
+            label = scan_label(config.scan, config.step)
+            hint = (f" ({label} has the same parameters (4 routes), so to run the ES2D-trained weights under "
+                    f"{label} load them explicitly: load_checkpoint(build_model({config.variant!r}, "
+                    f"scan={config.scan!r}), {PRETRAINED[config.variant]!r}))")
         elif config.num_classes != 1000:
             hint = (" (to fine-tune on other classes, load the pretrained model and replace "
                     "model.classifier.head with a new nn.Linear)")

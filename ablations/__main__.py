@@ -1,4 +1,4 @@
-"""python -m ablations {all,table,figures,train,grid} ...
+"""python -m ablations {all,table,figures,train,grid,study} ...
 
     python -m ablations all --quick --out assets/ablations    every table and figure, in minutes on a CPU
     python -m ablations all --out results/full                 the full study (longer runs, more seeds)
@@ -6,6 +6,7 @@
     python -m ablations figures --quick --out DIR               the figures only
     python -m ablations grid [--quick]                          the rows and what each mode measures
     python -m ablations train --data texture --scan ss2d --steps 200 --out runs/x
+    python -m ablations study [--mode pilot|gpu]                trained designs, seeds, controls, report
     torchrun --nproc_per_node 4 -m ablations train --data /data/imagenet --epochs 300 --image-size 224 ...
 """
 from __future__ import annotations
@@ -76,6 +77,10 @@ def _train_parser(sub):
     g.add_argument("--image-size", type=int, default=d.image_size)
     g.add_argument("--train-images", type=int, default=d.train_images, help="procedural tasks only")
     g.add_argument("--test-images", type=int, default=d.test_images, help="procedural tasks only")
+    g.add_argument("--test-seed", type=int, default=d.test_seed,
+                   help="draw the test set from this seed (default: the run's seed, after its training images)")
+    g.add_argument("--scan-free", action="store_true",
+                   help="the control: every scan replaced by the identity (only the convolutions mix positions)")
     g.add_argument("--workers", type=int, default=d.workers, help="data-loading processes")
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=None)
@@ -92,9 +97,38 @@ def _train_parser(sub):
                    help="re-estimate BatchNorm statistics on this many training batches before testing")
     g.add_argument("--amp", default=d.amp, choices=AMP_MODES)
     g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--eval-every", type=int, default=d.eval_every,
+                   help="every N steps, the test accuracy on --curve-images test images (the training curve)")
+    g.add_argument("--curve-images", type=int, default=d.curve_images)
     g.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps (0: at the end)")
     g.add_argument("--no-resume", action="store_true", help="start again even if OUT/last.pth exists")
     g.add_argument("--device", default=None)
+    return p
+
+
+def _study_parser(sub):
+    from .pipeline import DEFAULT_CACHE
+    text = ("train the study's designs to convergence (ablations/study.toml) and write its report: "
+            "the CPU pilot, or every design and task on a GPU")
+    p = sub.add_parser("study", help=text, description=text + ". Run again to resume; finished runs are reused.")
+    p.add_argument("--mode", choices=("pilot", "gpu"), default=None,
+                   help="pilot (2 CPU cores, at most 90 minutes) or gpu (one H200, at most 8 minutes); "
+                        "default: gpu on a GPU, else pilot")
+    p.add_argument("--out", type=Path, default=None, help="report folder (default: assets/study/MODE)")
+    p.add_argument("--study", type=Path, default=None, help="study file (default: ablations/study.toml)")
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"finished runs (default: {DEFAULT_CACHE})")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="training processes (default: one per CPU core, at most 8; on a GPU 4)")
+    p.add_argument("--force", action="store_true", help="train again, ignoring finished runs")
+    p.add_argument("--no-train", action="store_true", help="report from finished runs only")
+    p.add_argument("--smoke", action="store_true",
+                   help="every run of the mode for a few steps on a few images (checks the whole study "
+                        "runs; its numbers mean nothing)")
+    p.add_argument("--ship", type=Path, default=None,
+                   help="also store the kept models of the mode's ship_task, 8-bit, in this folder "
+                        "(the package's is evmamba/data/study)")
+    p.add_argument("--no-bar", action="store_true", help="no progress bars")
     return p
 
 
@@ -110,6 +144,7 @@ def main(argv=None) -> int:
     g.add_argument("--quick", action="store_true")
     g.add_argument("--grid", type=Path, default=None)
     _train_parser(sub)
+    _study_parser(sub)
     args = parser.parse_args(argv)
 
     try:
@@ -117,6 +152,9 @@ def main(argv=None) -> int:
             return _show_grid(args)
         if args.command == "train":
             return _train(args)
+        if args.command == "study":
+            from .study_report import study_command
+            return study_command(args, argv)
         return _pipeline(args, argv)
     except ValueError as e:
         parser.exit(2, f"python -m ablations {args.command}: error: {e}\n")

@@ -46,6 +46,7 @@ from .config import config_dict
 from .data import build_dataset, shard_batches
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
+OMITTED_AT_DEFAULT = ("test_seed", "scan_free", "eval_every", "curve_images")
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,13 @@ class TrainConfig:
     image_size: int = 32
     train_images: int = 4096  # procedural tasks only
     test_images: int = 1024
+    # the test set's seed (procedural tasks): None draws it from the run's own seed, after its training
+    # images; a fixed seed gives every run the same test images (images 0..test_images-1 of that seed)
+    test_seed: int | None = None
     workers: int = 0
+    # the control: every mixer's scan replaced by the identity (the scan-free network of
+    # evmamba.analysis.scan_replaced_by_identity), so only the convolutions mix positions
+    scan_free: bool = False
     # the optimisation
     steps: int | None = None  # total optimiser steps; or
     epochs: int | None = None  # passes over the training set (steps = epochs · batches per epoch)
@@ -76,6 +83,10 @@ class TrainConfig:
     # checkpoints
     save_every: int = 0  # 0: only at the end
     eval_batch_size: int = 128
+    # the training curve: every eval_every steps (0: never) the test accuracy on the first curve_images
+    # test images, with the running BatchNorm statistics
+    eval_every: int = 0
+    curve_images: int = 512
 
     def validate(self) -> TrainConfig:
         if not isinstance(self.model, ModelConfig):
@@ -88,7 +99,12 @@ class TrainConfig:
                 integer(getattr(self, name), name, low=1)
         for name in ("batch_size", "image_size", "train_images", "test_images", "eval_batch_size"):
             integer(getattr(self, name), name, low=1)
-        for name in ("warmup_steps", "save_every", "workers", "seed", "bn_batches"):
+        if self.test_seed is not None:
+            integer(self.test_seed, "test_seed", low=0)
+        if not isinstance(self.scan_free, bool):
+            raise ValueError(f"scan_free must be True or False, got {self.scan_free!r}")
+        integer(self.curve_images, "curve_images", low=1)
+        for name in ("warmup_steps", "save_every", "workers", "seed", "bn_batches", "eval_every"):
             integer(getattr(self, name), name, low=0)
         if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr!r}, min_lr={self.min_lr!r}")
@@ -100,7 +116,11 @@ class TrainConfig:
         return dataclasses.replace(self, model=model)
 
     def to_dict(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """The fields as JSON-able data; those in OMITTED_AT_DEFAULT are left out at their default, so runs
+        keyed before they existed keep their keys."""
+        default = TrainConfig()
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+             if f.name not in OMITTED_AT_DEFAULT or getattr(self, f.name) != getattr(default, f.name)}
         d["model"] = config_dict(self.model)
         return d
 
@@ -313,11 +333,14 @@ def train(config: TrainConfig, out_dir, *, resume: bool = True, device: str | No
     out = Path(out_dir)
     ddp = setup_distributed(device)
     started = time.perf_counter()
+    controls = contextlib.ExitStack()
     try:
         train_set = build_dataset(config.data, split="train", size=config.image_size, seed=config.seed,
                                   count=config.train_images)
-        test_set = build_dataset(config.data, split="test", size=config.image_size, seed=config.seed,
-                                 count=config.test_images, start=config.train_images, val_data=config.val_data)
+        test_seed = config.seed if config.test_seed is None else config.test_seed
+        test_set = build_dataset(config.data, split="test", size=config.image_size, seed=test_seed,
+                                 count=config.test_images, start=config.train_images if test_seed == config.seed else 0,
+                                 val_data=config.val_data)
         heads = tuple(train_set.heads)
         if tuple(test_set.heads) != heads:
             raise ValueError(f"the training data has {heads} classes but the evaluation data {tuple(test_set.heads)}")
@@ -337,7 +360,7 @@ def train(config: TrainConfig, out_dir, *, resume: bool = True, device: str | No
         scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
         autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if dtype is not None else None
 
-        step, history = 0, []
+        step, history, curve = 0, [], []
         last = out / "last.pth"
         if resume and last.exists():
             state = torch.load(last, map_location="cpu", weights_only=True)
@@ -350,7 +373,7 @@ def train(config: TrainConfig, out_dir, *, resume: bool = True, device: str | No
                 ema.module.load_state_dict(state["model_ema"])
             if scaler is not None and "scaler" in state:
                 scaler.load_state_dict(state["scaler"])
-            step, history = int(state["step"]), list(state["history"])
+            step, history, curve = int(state["step"]), list(state["history"]), list(state.get("curve", []))
             _set_rng_state(state["rng"])
         net = model
         if ddp.world > 1:
@@ -360,7 +383,7 @@ def train(config: TrainConfig, out_dir, *, resume: bool = True, device: str | No
         def save_state(path_step: int):
             _sync_buffers(model, ddp)
             if ddp.main:
-                extra = {"optimizer": optimizer.state_dict(), "step": path_step, "history": history,
+                extra = {"optimizer": optimizer.state_dict(), "step": path_step, "history": history, "curve": curve,
                          "rng": _rng_state(), "train_config": config.to_dict()}
                 if ema is not None:
                     extra["model_ema"] = ema.module.state_dict()
@@ -369,8 +392,13 @@ def train(config: TrainConfig, out_dir, *, resume: bool = True, device: str | No
                 save_checkpoint(model, last, extra=extra)
             ddp.barrier()
 
-        desc = f"{config.model.variant} {config.model.scan} {config.data} seed {config.seed}"
+        curve_set = torch.utils.data.Subset(test_set, range(min(config.curve_images, len(test_set))))
+        desc = f"{config.model.variant} {'scan-free' if config.scan_free else config.model.scan} {config.data} " \
+               f"seed {config.seed}"
         net.train()
+        if config.scan_free:  # for the rest of the run: training, BatchNorm statistics, tests
+            from evmamba.analysis.interventions import scan_replaced_by_identity
+            controls.enter_context(scan_replaced_by_identity(model))
         with tqdm(total=total, initial=step, desc=desc, leave=False, disable=not (bar and ddp.main)) as pbar:
             while step < total:
                 epoch, offset = divmod(step, batches_per_epoch)
@@ -411,6 +439,10 @@ def train(config: TrainConfig, out_dir, *, resume: bool = True, device: str | No
                     pbar.set_postfix(loss=f"{loss.item():.3f}")
                     if progress is not None:
                         progress(step / total, desc=desc)
+                    if config.eval_every and step % config.eval_every == 0:
+                        point = evaluate(model, curve_set, heads, batch_size=config.eval_batch_size, ddp=ddp,
+                                         autocast=autocast, workers=config.workers)
+                        curve.append([step, *(round(a, 5) for a in point["accuracy"])])
                     if config.save_every and step % config.save_every == 0 and step < total:
                         save_state(step)
                     if stop is not None and stop(step):
@@ -448,6 +480,7 @@ def train(config: TrainConfig, out_dir, *, resume: bool = True, device: str | No
             "test_ema": ema_metrics,
             "final_loss": history[-1][1] if history else None,
             "history": history,
+            "curve": curve,
             "seconds": time.perf_counter() - started,
             "weights_sha256": weights_digest(model),
             "checkpoint": str(out / "final.pth"),
@@ -459,6 +492,7 @@ def train(config: TrainConfig, out_dir, *, resume: bool = True, device: str | No
         ddp.barrier()
         return result
     finally:
+        controls.close()
         if ddp.owns_group:
             dist.destroy_process_group()
 

@@ -109,7 +109,7 @@ def _to_channels(image) -> tuple[list, str]:
     return [Image.fromarray(np.ascontiguousarray(a[:, :, c])) for c in range(3)], "F"
 
 
-def _preprocess_one(image, size: int, crop: bool = True) -> torch.Tensor:
+def _preprocess_one(image, size: int, crop: bool = True, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     import numpy as np
     from PIL import Image
     bands, mode = _to_channels(image)
@@ -129,18 +129,16 @@ def _preprocess_one(image, size: int, crop: bool = True) -> torch.Tensor:
         # uint8 bands are clamped to 0-255 by PIL; clamp float bands the same way so both agree.
         planes.append(p / 255.0 if mode == "L" else np.clip(p, 0.0, 1.0))
     x = torch.from_numpy(np.stack(planes))
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (x - mean) / std
+    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 
-def _batch(image, size, crop) -> torch.Tensor:
+def _batch(image, size, crop, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     size = integer(size, "size", low=1)
     if isinstance(image, (list, tuple)):
         if not image:
             raise ValueError("preprocess got an empty list of images")
-        return torch.cat([_batch(im, size, crop) for im in image])
-    return _preprocess_one(image, size, crop)[None]
+        return torch.cat([_batch(im, size, crop, mean, std) for im in image])
+    return _preprocess_one(image, size, crop, mean, std)[None]
 
 
 def preprocess(image, size: int = 224) -> torch.Tensor:

@@ -21,6 +21,7 @@ import torch.nn as nn
 from .blocks import EVSSStage, IRStage, channels_last
 from .checks import choice, flag, integer
 from .families import family, scans
+from .imagenet import IMAGENET_MEAN, IMAGENET_STD
 from .mixer import SelectiveScan2D
 from .routes import SCANS, check_scan
 from .scan import check_backend
@@ -174,6 +175,18 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class InputSpec:
+    """How images become the input the weights expect: the side (size x size), "crop" (resize the shorter
+    side to size / 0.875, centre crop: the ImageNet evaluation transform) or "stretch" (the whole image
+    resized, bicubic), then (x - mean) / std per channel."""
+
+    size: int = 224
+    resize: str = "crop"
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+
+
+@dataclass(frozen=True)
 class Weights:
     """Where a model's weights came from and what its outputs mean (`model.weights`)."""
 
@@ -182,6 +195,7 @@ class Weights:
     class_names: tuple | None = None  # a name per output, when the weights were trained for named classes
     preprocess: Callable | None = field(default=None, compare=False)  # image -> the batch the weights expect
     task: str | None = None  # what they were trained on (e.g. "ImageNet-1K")
+    inputs: InputSpec = field(default_factory=InputSpec)  # the images the analyses feed it (ImageNet's by default)
 
     @property
     def trained(self) -> bool:
@@ -342,5 +356,5 @@ def scan_mixers(module: nn.Module) -> list:
     return [(n, m) for n, m in module.named_modules() if isinstance(m, SelectiveScan2D)]
 
 
-__all__ = ["MIN_INPUT", "SCANS", "STAGE_KINDS", "STAGE_LAYOUTS", "VARIANTS", "EfficientVMamba", "ModelConfig",
-           "Weights", "count_parameters", "scan_mixers"]
+__all__ = ["MIN_INPUT", "SCANS", "STAGE_KINDS", "STAGE_LAYOUTS", "VARIANTS", "EfficientVMamba", "InputSpec",
+           "ModelConfig", "Weights", "count_parameters", "scan_mixers"]

@@ -51,23 +51,25 @@ def _class_names(model) -> list[str]:
     return [f"class {i}" for i in range(model.num_classes)]
 
 
-def image_input(image, image_size: int = 224, seed: int = 0):
+def image_input(image, image_size: int | None = None, seed: int = 0, model=None):
     """(x, picture): the model input (1, 3, S, S) and the picture it shows (S, S, 3) in [0, 1].
 
-    image: a sample name, path, PIL image or array (preprocessed: resize, centre crop, ImageNet
-    normalisation), an already normalised tensor (1, 3, H, W) or (3, H, W), or "random"."""
-    from .images import image_batch, to_picture
+    image: a sample name, path, PIL image or array (prepared as `model`'s weights expect:
+    model.weights.inputs, by default the ImageNet evaluation transform at 224), an already normalised
+    tensor (1, 3, H, W) or (3, H, W), or "random". image_size: the side, instead of the weights' own."""
+    from .images import image_batch, input_spec, to_picture
+    spec = input_spec(model, image_size)
     if isinstance(image, torch.Tensor):
         x = image[None] if image.dim() == 3 else image
         if x.dim() != 4 or x.shape[:2] != (1, 3):
             raise ValueError(f"expected one normalised image (1, 3, H, W), got {tuple(image.shape)}")
     elif isinstance(image, str) and image == "random":
-        x = torch.randn(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed))
+        x = torch.randn(1, 3, spec.size, spec.size, generator=torch.Generator().manual_seed(seed))
     elif isinstance(image, (list, tuple)):
         raise ValueError("attributions are for one image at a time; pass one name, path or array")
     else:
-        x, _ = image_batch(image, size=image_size)
-    return x.float(), to_picture(x)
+        x, _ = image_batch(image, size=spec.size, resize=spec.resize, mean=spec.mean, std=spec.std)
+    return x.float(), to_picture(x, spec.mean, spec.std)
 
 
 class _Ticking(torch.nn.Module):
@@ -104,13 +106,13 @@ class Prediction:
 
 
 @on_inference_copy
-def predict(model, image, k: int = 5, *, pretrained: bool | None = None, image_size: int = 224) -> Prediction:
+def predict(model, image, k: int = 5, *, pretrained: bool | None = None, image_size: int | None = None) -> Prediction:
     """The k most probable classes of one image, with names (ImageNet-1K for 1000-class models)."""
     import pandas as pd
     _check_model(model)
     k = integer(k, "k", low=1)
     pretrained = _is_pretrained(model, pretrained)
-    x, _ = image_input(image, image_size)
+    x, _ = image_input(image, image_size, model=model)
     with torch.no_grad():
         logits = model(x.to(next(model.parameters()).device))[0].float().cpu()
     probs = logits.softmax(-1)
@@ -143,22 +145,21 @@ def _target(model, logits, target):
     return integer(target, "target", 0, model.num_classes - 1, what="a class id")
 
 
-def _baseline(x, baseline):
+def _baseline(x, baseline, spec):
     if baseline not in BASELINES:
         raise ValueError(f"unknown baseline {baseline!r}: valid baselines are {', '.join(BASELINES)}")
-    if baseline == "mean":  # the ImageNet mean colour: zero after normalisation
+    if baseline == "mean":  # the normalisation's mean colour: zero after normalisation
         return torch.zeros_like(x)
-    from ..imagenet import IMAGENET_MEAN, IMAGENET_STD
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    mean = torch.tensor(spec.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (torch.zeros_like(x) - mean) / std  # a black image, normalised
 
 
 @on_inference_copy
 def attributions(model, image, target: int | None = None, *, methods=("integrated_gradients", "saliency"),
-                 pretrained: bool | None = None, image_size: int = 224, n_steps: int = 24, baseline: str = "black",
-                 smoothgrad_samples: int = 8, smoothgrad_sigma: float = 0.15, batch_size: int = 8,
-                 progress=None, bar: bool = True) -> Attributions:
+                 pretrained: bool | None = None, image_size: int | None = None, n_steps: int = 24,
+                 baseline: str = "black", smoothgrad_samples: int = 8, smoothgrad_sigma: float = 0.15,
+                 batch_size: int = 8, progress=None, bar: bool = True) -> Attributions:
     """Captum attributions of class `target` (default: the top class) for one image.
 
     methods: any of integrated_gradients (n_steps Gauss-Legendre steps from a black or mean-colour
@@ -174,9 +175,11 @@ def attributions(model, image, target: int | None = None, *, methods=("integrate
     for name, v in (("n_steps", n_steps), ("smoothgrad_samples", smoothgrad_samples), ("batch_size", batch_size)):
         integer(v, name, low=1)
     pretrained = _is_pretrained(model, pretrained)
-    x, picture = image_input(image, image_size)
+    from .images import input_spec
+    x, picture = image_input(image, image_size, model=model)
     device = next(model.parameters()).device
     x = x.to(device)
+    base = _baseline(x, baseline, input_spec(model))
     raw, maps, delta = {}, {}, None
     with torch.no_grad():
         logits = model(x)[0]
@@ -189,7 +192,7 @@ def attributions(model, image, target: int | None = None, *, methods=("integrate
     for method in track(methods, len(methods), "attributions", None, bar):
         inputs = x.detach().clone().requires_grad_(True)
         if method == "integrated_gradients":
-            out, d = IntegratedGradients(ticking).attribute(inputs, baselines=_baseline(x, baseline), target=target,
+            out, d = IntegratedGradients(ticking).attribute(inputs, baselines=base, target=target,
                                                             n_steps=n_steps, internal_batch_size=batch_size,
                                                             return_convergence_delta=True)
             delta = float(d.abs().max())
@@ -238,7 +241,7 @@ def _chosen_mixers(model, blocks):
 
 @on_inference_copy
 def route_contributions(model, image, target: int | None = None, *, blocks=None, pretrained: bool | None = None,
-                        image_size: int = 224, progress=None, bar: bool = True):
+                        image_size: int | None = None, progress=None, bar: bool = True):
     """How much each scan direction adds to the class `target`'s logit (default: the top class).
 
     For each chosen block (default: every EVSS block; indices into model.mixers() or names such as
@@ -250,7 +253,7 @@ def route_contributions(model, image, target: int | None = None, *, blocks=None,
     _check_model(model)
     pretrained = _is_pretrained(model, pretrained)
     chosen = _chosen_mixers(model, blocks)
-    x, _ = image_input(image, image_size)
+    x, _ = image_input(image, image_size, model=model)
     x = x.to(next(model.parameters()).device)
     names = _class_names(model)
     with torch.no_grad():

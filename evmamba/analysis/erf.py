@@ -297,9 +297,10 @@ def captured_inputs(model, module: nn.Module, images: torch.Tensor, stage: int, 
 
 @on_inference_copy
 def effective_receptive_fields(model, level: str = "stage", *, stage: int = 0, block: int = 0, inputs="random",
-                               num_inputs: int | None = None, image_size: int = 224, feature_size=None, position=None,
-                               routes: bool = True, method: str = "saliency", seed: int = 0, batch_size: int = 4,
-                               resize: str = "crop", progress=None, bar: bool = True) -> RouteERFs:
+                               num_inputs: int | None = None, image_size: int | None = None, feature_size=None,
+                               position=None, routes: bool = True, method: str = "saliency", seed: int = 0,
+                               batch_size: int = 4, resize: str | None = None, progress=None,
+                               bar: bool = True) -> RouteERFs:
     """ERFs of `model` at one level, all routes together and each route alone.
 
     level: "mixer" (block `block`'s scan mixer in stage `stage`), "block" (that EVSS block), "stage"
@@ -309,14 +310,20 @@ def effective_receptive_fields(model, level: str = "stage", *, stage: int = 0, b
         or natural images: a sample name, a list of names, a folder, arrays (see `images.load_images`;
         None: the default samples); images are preprocessed to image_size, and for the mixer and block
         levels the features the module receives from them are used.
-    resize: how natural images become image_size x image_size: "crop" (the ImageNet evaluation transform)
-        or "stretch" (a bicubic resize of the whole image, RepLKNet's ERF transform).
+    image_size, resize: the side of the (random or natural) images, and how natural images become
+        image_size x image_size: "crop" (the ImageNet evaluation transform) or "stretch" (a bicubic resize
+        of the whole image, RepLKNet's ERF transform). None: as the weights expect (model.weights.inputs;
+        224 and "crop" but for weights trained otherwise, such as the study's models). Natural images are
+        normalised as the weights expect.
     feature_size: (H, W) of random feature maps at the mixer/block level (default: the stage's grid for an
         image_size input).
     position: (row, col) on the output grid; default its centre.
     """
+    from .images import input_spec
     choice(level, "level", LEVELS)
     choice(method, "method", METHODS)
+    spec = input_spec(model, image_size)
+    image_size, resize = spec.size, spec.resize if resize is None else resize
     if level == "network":
         level, stage = "stage", len(model.layers) - 1
     stage = integer(stage, "stage", 0, len(model.layers) - 1)
@@ -336,7 +343,7 @@ def effective_receptive_fields(model, level: str = "stage", *, stage: int = 0, b
         what = f"{num_inputs} random normal {'images' if level == 'stage' else 'feature maps'} (seed {seed})"
     else:
         from .images import image_batch
-        images, names = image_batch(inputs, size=image_size, resize=resize)
+        images, names = image_batch(inputs, size=image_size, resize=resize, mean=spec.mean, std=spec.std)
         what = f"{len(names)} images ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
     common = dict(position=position, routes=routes, method=method, batch_size=batch_size, progress=progress,
                   bar=bar, inputs=what)

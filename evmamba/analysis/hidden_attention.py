@@ -264,28 +264,30 @@ def _pick_mixer(model, mixer):
 
 
 @on_inference_copy
-def model_hidden_attention(model, image="chelsea", *, mixer=0, routes=None, reduce: str = "abs", image_size: int = 224,
+def model_hidden_attention(model, image="chelsea", *, mixer=0, routes=None, reduce: str = "abs",
+                           image_size: int | None = None,
                            seed: int = 0, channels=None, block: int = 64, progress=None,
                            bar: bool = True) -> list[HiddenAttention]:
     """The implicit attention of each route (or the routes listed in `routes`) of one mixer of `model`
     (an index into model.mixers() or its name, e.g. "layers.0.blocks.0.op") for one image.
 
-    image: a sample name, a path or an array (see images.load_image), an already normalised tensor
-    (1, 3, H, W), or "random" (a standard-normal image, seeded by `seed`)."""
+    image: a sample name, a path or an array (see images.load_image; prepared as the weights expect,
+    model.weights.inputs, at image_size when given), an already normalised tensor (1, 3, H, W), or "random"
+    (a standard-normal image, seeded by `seed`)."""
+    from .images import input_spec, model_batch, model_picture
     name, m = _pick_mixer(model, mixer)
     device = next(model.parameters()).device
     if isinstance(image, torch.Tensor):
         x = image if image.dim() == 4 else image[None]
     elif isinstance(image, str) and image == "random":
-        x = torch.randn(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed))
+        size = input_spec(model, image_size).size
+        x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(seed))
     else:
-        from .images import image_batch
-        x, _ = image_batch([image] if not isinstance(image, (list, tuple)) else image[:1], size=image_size)
+        x, _ = model_batch(model, [image] if not isinstance(image, (list, tuple)) else image[:1], size=image_size)
     with torch.no_grad(), capturing(m) as probe:
         model.forward_stages(x[:1].to(device), upto=int(name.split(".")[1]))
     x_conv = probe.captured[m, "scan_input"][0]
-    from .images import to_picture
-    picture = None if isinstance(image, str) and image == "random" else to_picture(x[:1])
+    picture = None if isinstance(image, str) and image == "random" else model_picture(model, x[:1])
     wanted = range(m.num_routes) if routes is None else [routes] if isinstance(routes, int) else list(routes)
     wanted = [check_route(m, k) for k in wanted]
     out = []

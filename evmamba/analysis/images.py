@@ -183,12 +183,14 @@ def load_images(source=None) -> list[tuple[str, np.ndarray]]:
                      f"{type(source).__name__}")
 
 
-def to_picture(x) -> np.ndarray:
-    """An ImageNet-normalised image (3, H, W) or (1, 3, H, W) back as an (H, W, 3) float picture in [0, 1],
-    for drawing under maps (undoes the normalisation only)."""
+def to_picture(x, mean=None, std=None) -> np.ndarray:
+    """A normalised image (3, H, W) or (1, 3, H, W) back as an (H, W, 3) float picture in [0, 1], for
+    drawing under maps (undoes the normalisation only: ImageNet's unless mean and std are given)."""
     import torch
 
     from ..imagenet import IMAGENET_MEAN, IMAGENET_STD
+    mean = IMAGENET_MEAN if mean is None else mean
+    std = IMAGENET_STD if std is None else std
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     x = np.asarray(x, dtype=np.float64)
@@ -196,21 +198,45 @@ def to_picture(x) -> np.ndarray:
         x = x[0]
     if x.ndim != 3 or x.shape[0] != 3:
         raise ValueError(f"expected a normalised image (3, H, W) or (1, 3, H, W), got {x.shape}")
-    x = x * np.asarray(IMAGENET_STD)[:, None, None] + np.asarray(IMAGENET_MEAN)[:, None, None]
+    x = x * np.asarray(std, dtype=np.float64)[:, None, None] + np.asarray(mean, dtype=np.float64)[:, None, None]
     return np.clip(x.transpose(1, 2, 0), 0.0, 1.0)
+
+
+def input_spec(model, size=None):
+    """The InputSpec the model's weights expect (model.weights.inputs: ImageNet's at 224 unless the weights
+    say otherwise), with its side replaced by `size` when one is given."""
+    import dataclasses
+
+    from ..model import InputSpec
+    spec = getattr(getattr(model, "weights", None), "inputs", None) or InputSpec()
+    return spec if size is None else dataclasses.replace(spec, size=size)
+
+
+def model_batch(model, source=None, size=None):
+    """(x, names): the images of `source` prepared as `model`'s weights expect (input_spec)."""
+    spec = input_spec(model, size)
+    return image_batch(source, size=spec.size, resize=spec.resize, mean=spec.mean, std=spec.std)
+
+
+def model_picture(model, x) -> np.ndarray:
+    """The picture a batch prepared for `model` shows (to_picture with the weights' normalisation)."""
+    spec = input_spec(model)
+    return to_picture(x, spec.mean, spec.std)
 
 
 RESIZES = ("crop", "stretch")
 
 
-def image_batch(source=None, size: int = 224, resize: str = "crop"):
+def image_batch(source=None, size: int = 224, resize: str = "crop", mean=None, std=None):
     """(x, names): the images of `source` (as in `load_images`) as a normalised batch x (N, 3, size, size)
     float32. resize: "crop" (the ImageNet evaluation transform: resize, centre crop; evmamba.preprocess) or
-    "stretch" (the whole image resized to size×size, bicubic, then normalised: RepLKNet's ERF transform)."""
+    "stretch" (the whole image resized to size×size, bicubic, then normalised: RepLKNet's ERF transform).
+    mean, std: the normalisation (default ImageNet's)."""
     from ..checks import choice
-    from ..imagenet import preprocess, stretched
+    from ..imagenet import IMAGENET_MEAN, IMAGENET_STD, _batch
     choice(resize, "resize", RESIZES, plural="resize modes")
     named = load_images(source)
     pictures = [a for _, a in named]
-    x = preprocess(pictures, size=size) if resize == "crop" else stretched(pictures, size=size)
+    x = _batch(pictures, size, resize == "crop", IMAGENET_MEAN if mean is None else tuple(mean),
+               IMAGENET_STD if std is None else tuple(std))
     return x, [n for n, _ in named]

@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from evmamba.study_models import TASK_MEAN, TASK_STD  # the procedural images live in [0, 1] around grey
+
 from .tasks import TASKS, _check, draw_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
-TASK_MEAN, TASK_STD = 0.5, 0.25  # the procedural images live in [0, 1] around grey
 
 
 class TaskDataset(Dataset):

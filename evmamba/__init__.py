@@ -20,6 +20,7 @@ from .imagenet import IMAGENET_MEAN, IMAGENET_STD, class_names, preprocess
 from .model import STAGE_LAYOUTS, VARIANTS, EfficientVMamba, ModelConfig, Weights, count_parameters
 from .routes import SCANS, ScanRoutes, scan_routes
 from .scan import BACKENDS, selective_scan
+from .study_models import study_models
 
 __version__ = "0.1.0"
 
@@ -36,4 +37,4 @@ __all__ = ["BACKENDS", "IMAGENET_MEAN", "IMAGENET_STD", "PRETRAINED", "SCANS", "
            "ScanRoutes", "Weights",
            "build_model", "class_names", "count_flops", "count_parameters", "create", "describe_checkpoint",
            "load_checkpoint", "model_from_checkpoint", "preprocess", "read_checkpoint", "register_scan",
-           "save_checkpoint", "scan_routes", "scans", "selective_scan", "unregister_scan"]
+           "save_checkpoint", "scan_routes", "scans", "selective_scan", "study_models", "unregister_scan"]

@@ -5,6 +5,7 @@ of them imports it.
     model = build_model("tiny")                                   # the released design, fresh weights
     model = build_model("tiny", scan="ss2d", gate=False, seed=0)  # weights that depend only on the seed
     model = build_model("tiny", pretrained=True)                  # the authors' ImageNet-1K weights
+    model = build_model("tiny", weights="study:markers")          # trained by the study (shipped)
     model = create(ModelConfig(variant="small"), seed=3, weights="run/final.pth")
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .checks import flag, integer
 from .imagenet import class_names, preprocess
 from .model import EfficientVMamba, ModelConfig, Weights
 from .routes import num_routes, scan_label
+from .study_models import is_study_name, load_study_model
 
 # The authors' ImageNet-1K checkpoints (the released design: ES2D at step 2, EVSS-EVSS-IR-IR, 1000 classes).
 PRETRAINED = {
@@ -46,7 +48,7 @@ def create(config: ModelConfig, *, seed: int | None = None, weights=None) -> Eff
     return model
 
 
-def build_model(variant: str = "tiny", *, pretrained: bool = False, seed: int | None = None,
+def build_model(variant: str = "tiny", *, pretrained: bool = False, seed: int | None = None, weights=None,
                 **options) -> EfficientVMamba:
     """EfficientVMamba-{tiny,small,base} with the paper's design choices as options: every field of
     ModelConfig (scan, step, conv_branch, gate, stages, num_classes, drop_path, backend; see its field
@@ -59,11 +61,20 @@ def build_model(variant: str = "tiny", *, pretrained: bool = False, seed: int | 
         structural option raises a ValueError. SS2D has the same parameter shapes but was not what the
         weights were trained with; to study ES2D weights under SS2D, load them explicitly:
         load_checkpoint(build_model(variant, scan="ss2d"), PRETRAINED[variant]).
+    weights: "study:NAME", a trained model of the study shipped with the package (evmamba.study_models:
+        its design, task classes and preprocessing come with it; options may only repeat its design), or
+        a checkpoint (a path, an hf: name) loaded strictly into the model the options describe.
     """
     flag(pretrained, "pretrained")
+    if weights is not None and pretrained:
+        raise ValueError("give pretrained=True (the authors' ImageNet-1K weights) or weights=..., not both")
+    if is_study_name(weights):
+        if seed is not None:
+            raise ValueError(f"seed= sets initial weights; {weights} loads trained ones: drop seed")
+        return load_study_model(weights, variant, **options)
     config = ModelConfig.from_options(variant=variant, **options)
     if not pretrained:
-        return create(config, seed=seed)
+        return create(config, seed=seed, weights=weights)
     _check_pretrained(config)
     checkpoint = read_checkpoint(PRETRAINED[config.variant])  # fetched first: no network fails before building
     return imagenet_weights(create(config, seed=seed, weights=checkpoint)).eval()

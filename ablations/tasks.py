@@ -28,6 +28,7 @@ first and the image is then drawn to match them, so labels are correct by constr
 The markers keep their size (8x8 pixels) at every image size, so larger images put them further apart
 in tokens: the global task gets harder with resolution, as long-range dependencies do.
 
+`pictures(name, count, size, seed)` returns the images as (H, W, 3) pictures;
 `make_task(name, count, size, seed)` returns a TaskData: float images in [0, 1] (N, 3, H, W), integer
 labels (N, heads), and per-image details (`meta`) that say how each image was drawn (the tests check the
 labels against the pixels with them).
@@ -265,6 +266,14 @@ def draw_image(name: str, size: int, seed: int, index: int):
     labels = [int(rng.integers(n)) for n in info.heads]
     img, details = _DRAW[name](rng, size, labels)
     return img, labels, details
+
+
+def pictures(name: str, count: int, size: int = 32, seed: int = 0, start: int = 0) -> list:
+    """Images start..start+count-1 of task `name` as (size, size, 3) float pictures in [0, 1] (what
+    evmamba's image functions and the study models' preprocessing take)."""
+    _check(name, count, size, seed)
+    return [np.ascontiguousarray(draw_image(name, size, seed, start + i)[0].transpose(1, 2, 0))
+            for i in range(count)]
 
 
 def make_task(name: str, count: int, size: int = 32, seed: int = 0, start: int = 0) -> TaskData:

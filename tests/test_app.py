@@ -41,17 +41,33 @@ def test_partition_odd_grid_notes_the_padding(client):
     assert "padded to 9x9" in info and "9 routes of 9 tokens" in info
 
 
-def test_erf_defaults(client):
+def test_erf_defaults_are_the_trained_model_on_its_task_images(client):
     fig, table, info, picker = client.predict(api_name="/erf")
     assert_picture(fig)
     assert [str(r) for r in (row[0] for row in table["data"])] == ["all", "0", "1", "2", "3"]
     assert any("area ratio 0.99" in h for h in table["headers"])
-    assert "random weights (seed 0)" in info and "output grid 56x56" in info
+    assert "weights from study:markers, trained on the markers task" in info and "output grid 8x8" in info
     assert picker  # the picture to pick a position on
 
 
+def test_erf_with_random_weights(client):
+    _, table, info, _ = client.predict(weights="random", inputs="random", count=1, api_name="/erf")
+    assert "random weights (seed 0)" in info and "output grid 56x56" in info and len(table["data"]) == 5
+
+
+def test_study_weights_carry_their_design(client):
+    with pytest.raises(AppError, match=r"study:markers-ss2d was trained as another design: scan='ss2d' "
+                                       r"\(chosen: 'es2d'\); set those in the model settings"):
+        client.predict(weights="study:markers-ss2d", api_name="/erf")
+    _, _, info, _ = client.predict(weights="study:markers-ss2d", scan="ss2d", level="mixer", api_name="/erf")
+    assert "scan SS2D" in info and "study:markers-ss2d" in info
+    with pytest.raises(AppError, match="task images are the test images of a study model's task"):
+        client.predict(weights="random", inputs="task images", api_name="/erf")
+
+
 def test_erf_per_route_positions_for_ss2d_mixer(client):
-    fig, table, info, _ = client.predict(scan="ss2d", level="mixer", stage=1, row=3, col=5, api_name="/erf")
+    fig, table, info, _ = client.predict(weights="random", scan="ss2d", level="mixer", stage=1, row=3, col=5,
+                                         inputs="random", api_name="/erf")
     rows = table["data"]
     assert len(rows) == 5 and all((r[2], r[3]) == (3, 5) for r in rows)
 
@@ -65,22 +81,30 @@ def test_every_scan_family_is_drawn_and_has_per_route_receptive_fields(client, s
                                                        api_name="/partition")
     assert plotly_traces(main) and plotly_traces(comparison)
     assert f"{scan.upper()}" in info and f"{num_routes(scan, step)} routes" in info
-    fig, table, info, _ = client.predict(scan=scan, step=step, level="mixer", stage=1, api_name="/erf")
+    fig, table, info, _ = client.predict(weights="random", scan=scan, step=step, level="mixer", stage=1,
+                                         inputs="random", api_name="/erf")
     assert_picture(fig)
     assert [str(row[0]) for row in table["data"]] == ["all", *map(str, range(num_routes(scan, step)))]
 
 
-def test_attribution_defaults_say_the_model_is_random(client):
+def test_attribution_defaults_explain_the_trained_model_on_a_task_image(client):
     top, maps, routes, table, info = client.predict(api_name="/attribution")
-    assert len(top["confidences"]) == 5
+    assert {c["label"].split(" (")[0] for c in top["confidences"]} == {"different", "same"}
     assert_picture(maps) and assert_picture(routes)
-    assert "random" in info.lower()
+    assert "image: markers test image 0" in info and "study:markers" in info
     assert len(table["data"]) >= 4
+
+
+def test_attribution_of_random_weights_says_so(client):
+    top, _, _, _, info = client.predict(weights="random", sample="chelsea", api_name="/attribution")
+    assert len(top["confidences"]) == 5 and "random" in info.lower()
 
 
 def test_hidden_attention_defaults(client):
     row_fig, matrix, info = client.predict(api_name="/hidden_attention")
     assert_picture(row_fig) and assert_picture(matrix)
+    assert "layers.0.blocks.0.op: a 8x8 map; query (4, 4)" in info  # the trained model's 32x32 task image
+    *_, info = client.predict(weights="random", sample="chelsea", row=28, col=28, api_name="/hidden_attention")
     assert "layers.0.blocks.0.op: a 56x56 map; query (28, 28)" in info
 
 
@@ -108,11 +132,11 @@ BAD = [
                                         r"differs from the one chosen: variant='small' \(chosen: 'tiny'\)"),
     ("/erf", dict(weights="corrupt.pth"), "is not a readable PyTorch checkpoint"),
     ("/erf", dict(weights="missing.pth"), "checkpoint file not found"),
-    ("/erf", dict(row=500, col=3), r"outside the 56x56 output grid"),
+    ("/erf", dict(row=500, col=3), r"outside the 8x8 output grid"),
     ("/erf", dict(row=5), "set both the output row and column"),
     ("/attribution", dict(methods=[]), "choose at least one attribution method"),
     ("/hidden_attention", dict(route="7"), r"route must be an integer in 0..3, got 7"),
-    ("/hidden_attention", dict(row=90), r"query row must be an integer in 0..55, got 90"),
+    ("/hidden_attention", dict(row=90), r"query row must be an integer in -1..7, got 90"),
     ("/ablation_table", dict(table="nope"), "Value: nope is not in the list of choices"),
     ("/ablation_table", dict(variant="base", table="stage_layout"), "no row of this table matches these filters"),
     ("/measure_row", dict(stages="sideways"), "Value: sideways is not in the list of choices"),
@@ -180,5 +204,5 @@ def test_several_users_at_once(client):
             client.submit(height=6, api_name="/partition"), client.submit(api_name="/hidden_attention"),
             client.submit(scan="SS2D", api_name="/partition")]
     results = [job.result(timeout=600) for job in jobs]
-    assert "output grid 56x56" in results[0][2] and "level mixer" in results[1][2]
-    assert "6x8 grid" in results[2][3] and "query (28, 28)" in results[3][2] and "SS2D on a 8x8" in results[4][3]
+    assert "output grid 8x8" in results[0][2] and "level mixer" in results[1][2]
+    assert "6x8 grid" in results[2][3] and "query (4, 4)" in results[3][2] and "SS2D on a 8x8" in results[4][3]

@@ -59,28 +59,33 @@ def test_skip_sampling(page):
 
 def test_receptive_fields(page):
     open_tab(page, "Receptive fields")
+    # computed on load: the trained model's per-route fields on its task's test images
+    expect(panel(page).get_by_text("weights from study:markers, trained on the markers task")).to_be_visible()
+    expect(panel(page).get_by_text("level stage: the network to stage 0")).to_be_visible()
+    expect(panel(page).locator("img").first).to_be_visible()
+    shot(page, "receptive-fields")
     panel(page).get_by_role("radio", name="mixer").check()
     page.get_by_role("button", name="Compute").click()
     expect(page.get_by_text("level mixer: layers.0.blocks.0.op")).to_be_visible()
     expect(panel(page).locator("img").first).to_be_visible()  # the figure and the position picker
     expect(panel(page).get_by_text("area ratio 0.99 (RepLKNet)")).to_be_visible()
-    shot(page, "receptive-fields")
 
 
 def test_attribution(page):
     open_tab(page, "Attribution")
     panel(page).get_by_label("Integrated Gradients").uncheck()
     page.get_by_role("button", name="Explain").click()
-    expect(panel(page).get_by_text("randomly initialised").first).to_be_visible()
+    expect(panel(page).get_by_text("image: markers test image 0").first).to_be_visible()
     expect(panel(page).locator("img").first).to_be_visible()
     shot(page, "attribution")
 
 
 def test_hidden_attention(page):
     open_tab(page, "Hidden attention")
-    panel(page).get_by_label("query row").fill("10")
+    panel(page).get_by_label("query row (-1: centre)").fill("3")
+    panel(page).get_by_label("query column (-1: centre)").fill("2")
     page.get_by_role("button", name="Show").click()
-    expect(page.get_by_text("query (10, 28)")).to_be_visible()
+    expect(page.get_by_text("query (3, 2)")).to_be_visible()
     expect(panel(page).locator("img").first).to_be_visible()
     shot(page, "hidden-attention")
 

@@ -36,13 +36,14 @@ def erf_total(result):
 def test_a_cancelled_request_stops_and_the_next_result_is_the_solo_one(client, monkeypatch):
     monkeypatch.setattr(SETTINGS, "max_cost", 0)  # no budget: a busy machine's estimates must not refuse these
     solo = erf_total(client.predict(api_name="/erf"))
-    job = client.submit(methods=["Integrated Gradients", "SmoothGrad", "Saliency"], api_name="/attribution")
+    job = client.submit(weights="random", sample="chelsea", methods=["Integrated Gradients", "SmoothGrad", "Saliency"],
+                        api_name="/attribution")
     assert wait_until(lambda: jobs.running() > 0), "the attribution never started"
     job.cancel()
     assert wait_until(lambda: jobs.running() == 0, 60), "the cancelled attribution kept computing"
     assert erf_total(client.predict(api_name="/erf")) == solo
     # and while one computes, another on the same cached model gives the solo answer too
-    other = client.submit(methods=["Saliency"], api_name="/attribution")
+    other = client.submit(weights="random", sample="chelsea", methods=["Saliency"], api_name="/attribution")
     assert erf_total(client.predict(api_name="/erf")) == solo
     other.result(timeout=300)
 
@@ -71,10 +72,11 @@ def test_server_paths_outside_the_allowed_folders_get_one_message(client, privat
 def test_uploaded_and_allowed_checkpoints_load(client, private, weights_dir, tmp_path):
     model = evmamba.build_model("tiny", seed=7)
     evmamba.save_checkpoint(model, weights_dir / "seven.pth")
-    _, _, info, _ = client.predict(weights=str(weights_dir / "seven.pth"), api_name="/erf")
+    _, _, info, _ = client.predict(weights=str(weights_dir / "seven.pth"), inputs="random", api_name="/erf")
     assert "weights from " in info and "seven.pth" in info
     evmamba.save_checkpoint(evmamba.build_model("tiny", seed=8), tmp_path / "upload.pth")
-    _, _, info, _ = client.predict(weights_upload=handle_file(str(tmp_path / "upload.pth")), api_name="/erf")
+    _, _, info, _ = client.predict(weights_upload=handle_file(str(tmp_path / "upload.pth")), inputs="random",
+                                   api_name="/erf")
     assert "upload.pth" in info
     # the contents of an uploaded file may be described: it is the user's own
     with pytest.raises(AppError, match="found no model weights: top-level keys are api_token"):
@@ -105,10 +107,10 @@ def test_a_request_over_budget_is_refused_before_it_starts(client, monkeypatch):
     monkeypatch.setattr(models, "_build", lambda *a: started.append(a))  # not even the model is built
     with pytest.raises(AppError, match=r"this attribution would take about \d+ s on this server, more than the 5 s "
                                        r"it allows per request: choose fewer methods"):
-        client.predict(variant="base", scan="ss2d", methods=["Integrated Gradients", "SmoothGrad"],
+        client.predict(weights="random", variant="base", scan="ss2d", methods=["Integrated Gradients", "SmoothGrad"],
                        api_name="/attribution")
     with pytest.raises(AppError, match="receptive field would take about .* average over fewer images"):
-        client.predict(variant="base", inputs="natural images", count=16, api_name="/erf")
+        client.predict(weights="random", variant="base", inputs="natural images", count=16, api_name="/erf")
     assert started == []
 
 

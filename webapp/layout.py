@@ -9,7 +9,7 @@ from evmamba.families import scans
 
 from . import views
 from . import weights as W
-from .panel import filter_widgets, widgets
+from .panel import design_of, filter_widgets, widgets
 from .settings import MAX_GRID, MAX_IMAGES, MAX_STEP, SETTINGS
 
 PRIVATE = dict(api_visibility="private")  # the page's own events: not callable through the API
@@ -33,8 +33,9 @@ fraction of the image, in RepLKNet's convention (their `analyze_erf.py`: the map
 log10(1 + x), odd squares around the map's centre pixel; "none" where no square qualifies), with the
 scale-free cell-centred reading beside it.
 
-**Attribution.** Top-5 ImageNet classes (only meaningful with trained weights), captum attributions for
-one class, and how much the class logit changes when one scan direction is removed from the blocks.
+**Attribution.** The most probable classes (ImageNet's for the authors' weights, the task's for the
+study's models; only meaningful with trained weights), captum attributions for one class, and how much
+the class logit changes when one scan direction is removed from the blocks.
 
 **Hidden attention.** A selective scan is a linear attention whose weights come from its inputs
 (alpha[t, s] = C_t · exp(Σ delta·A) · delta_s B_s): the picture is one query position's row of that
@@ -70,13 +71,14 @@ def model_panel():
         with gr.Row():
             design = widgets()
         with gr.Row():
-            choices = W.choices()
-            start = SETTINGS.weights if SETTINGS.weights in [v for _, v in choices] else W.RANDOM
-            weights = gr.Dropdown(choices, value=start, label="weights", allow_custom_value=True,
-                                  info="random, the authors' ImageNet-1K weights, or a file the server allows")
+            weights = gr.Dropdown(W.choices(), value=W.default(), label="weights", allow_custom_value=True,
+                                  info="the study's trained models (choosing one sets its design above), "
+                                       "random, the authors' ImageNet-1K weights (downloaded), or a file the "
+                                       "server allows")
             upload = gr.File(label="or upload a checkpoint (.pth, .pt, .safetensors)", type="filepath", height=100,
                              file_types=[".pth", ".pt", ".safetensors", ".bin", ".ckpt"])
             seed = gr.Number(value=0, precision=0, label="seed of the random weights")
+        weights.change(design_of, weights, design, **PRIVATE)  # a study model sets its own design
     return design, [*design, weights, upload, seed]
 
 
@@ -86,6 +88,7 @@ def build_demo() -> gr.Blocks:
                     f"(SS2D). Running on **{SETTINGS.device}**.")
         design, model_inputs = model_panel()
         scan_widget, step_widget = design[1], design[2]
+        weights_widget = model_inputs[len(design)]
 
         with gr.Tabs():
             with gr.Tab("Skip-sampling"):
@@ -114,8 +117,11 @@ def build_demo() -> gr.Blocks:
                     e_row = gr.Number(value=-1, precision=0, label="output row (-1: centre)")
                     e_col = gr.Number(value=-1, precision=0, label="output column (-1: centre)")
                 with gr.Row():
-                    e_inputs = gr.Radio(list(views.INPUTS), value="random", label="inputs")
-                    e_count = gr.Slider(1, MAX_IMAGES, value=1, step=1, label="images to average over")
+                    trained = W.study_design(W.default()) is not None
+                    e_inputs = gr.Radio(list(views.INPUTS), value="task images" if trained else "random",
+                                        label="inputs", info="task images: the test images of a study model's task")
+                    e_count = gr.Slider(1, MAX_IMAGES, value=8 if trained else 1, step=1,
+                                        label="images to average over")
                     e_go = gr.Button("Compute", variant="primary")
                     e_more = gr.Button("Average over 8 images")
                 e_fig = gr.Plot(label="effective receptive field, all routes and each route alone")
@@ -130,13 +136,14 @@ def build_demo() -> gr.Blocks:
                 e_in = model_inputs + [e_level, e_stage, e_block, e_row, e_col, e_inputs, e_count]
                 e_out = [e_fig, e_table, e_info, e_picker, e_shape]
                 e_go.click(views.erf_view, e_in, e_out, api_name="erf")
+                weights_widget.change(views.inputs_for, weights_widget, e_inputs, **PRIVATE)
                 e_more.click(lambda: 8, None, e_count, **PRIVATE).then(views.erf_view, e_in, e_out, **PRIVATE)
                 e_picker.select(views.pick_position, e_shape, [e_row, e_col], **PRIVATE).then(
                     views.erf_view, e_in, e_out, **PRIVATE)
 
             with gr.Tab("Attribution"):
                 with gr.Row():
-                    a_sample, a_upload = image_inputs("chelsea")
+                    a_sample, a_upload = image_inputs(views.default_sample())
                     a_target = gr.Number(value=-1, precision=0, label="class id (-1: the top class)")
                     a_methods = gr.CheckboxGroup(list(views.ATTRIBUTION_METHODS),
                                                  value=["Integrated Gradients", "Saliency"], label="methods")
@@ -155,9 +162,9 @@ def build_demo() -> gr.Blocks:
                 with gr.Row():
                     h_mixer = gr.Number(value=0, precision=0, label="mixer (0: the first block's)")
                     h_route = gr.Dropdown(views.routes_of(), value="all", label="route", allow_custom_value=True)
-                    h_row = gr.Number(value=28, precision=0, label="query row")
-                    h_col = gr.Number(value=28, precision=0, label="query column")
-                    h_sample, h_upload = image_inputs("chelsea")
+                    h_row = gr.Number(value=-1, precision=0, label="query row (-1: centre)")
+                    h_col = gr.Number(value=-1, precision=0, label="query column (-1: centre)")
+                    h_sample, h_upload = image_inputs(views.default_sample())
                     h_go = gr.Button("Show", variant="primary")
                 h_row_fig = gr.Plot(label="the query's attention over the image")
                 h_matrix = gr.Plot(label="attention matrices (scan order and image order)")
@@ -194,8 +201,11 @@ def build_demo() -> gr.Blocks:
             with gr.Tab("About"):
                 gr.Markdown(ABOUT)
 
-        demo.load(views.partition_view, p_in, p_out, **PRIVATE).then(views.ablation_view, b_in,
-                                                                     [b_df, b_chart, b_info], **PRIVATE)
+        # the first tab's pictures, the ablation table, and the receptive fields of the starting model (a
+        # trained one when the study's models are shipped), so each tab opens with something to look at
+        demo.load(views.partition_view, p_in, p_out, **PRIVATE).then(
+            views.ablation_view, b_in, [b_df, b_chart, b_info], **PRIVATE).then(
+            views.erf_view, e_in, e_out, **PRIVATE)
     return demo
 
 

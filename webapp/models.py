@@ -12,6 +12,7 @@ from evmamba.checkpoint import describe_checkpoint, read_checkpoint
 from evmamba.errors import CheckpointMismatchError
 from evmamba.factory import PRETRAINED, create, imagenet_weights
 from evmamba.model import ModelConfig
+from evmamba.study_models import load_study_model
 
 from . import weights as W
 from .settings import SETTINGS
@@ -38,6 +39,15 @@ def _design_difference(fits: dict, config: ModelConfig) -> list[str]:
 def _build(config: ModelConfig, weights: W.Weights | None, seed: int):
     if weights is None:
         return create(config, seed=seed)
+    if weights.kind == "study":  # its design, task classes and inputs come with it
+        trained, _ = W.study_design(weights.source)
+        differ = [f"{f.name}={getattr(trained, f.name)!r} (chosen: {getattr(config.settled(), f.name)!r})"
+                  for f in dataclasses.fields(ModelConfig) if "column" in f.metadata
+                  and getattr(trained, f.name) != getattr(config.settled(), f.name)]
+        if differ:
+            raise ValueError(f"{weights.source} was trained as another design: {', '.join(differ)}; set those in "
+                             "the model settings, or choose random weights for the design chosen")
+        return load_study_model(weights.source, backend=config.backend)
     ckpt = read_checkpoint(weights.source, max_bytes=SETTINGS.hub_max_bytes)
     fits = describe_checkpoint(ckpt)
     differ = _design_difference(fits, config)
@@ -70,8 +80,9 @@ def get(config: ModelConfig, weights: W.Weights | None, seed: int):
             if key in _CACHE:
                 return _CACHE[key]
         model = _build(config, weights, seed).to(SETTINGS.device).eval()
-        what = (f"EfficientVMamba-{config.variant} " + ", ".join(f"{k} {v}" for k, v in config.shown().items()
-                                                                if k != "variant" and v != "-")
+        built = model.config
+        what = (f"EfficientVMamba-{built.variant} " + ", ".join(f"{k} {v}" for k, v in built.shown().items()
+                                                               if k != "variant" and v != "-")
                 + f"; {model.weights.describe()}")
         with _LOCK:
             _CACHE[key] = (model, what)

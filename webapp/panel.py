@@ -36,6 +36,16 @@ def _default(f):
     return value
 
 
+def design_of(weights) -> list:
+    """The design widgets' values for a weights choice: a study model's own design (so choosing it sets
+    the panel), else unchanged."""
+    trained = W.study_design(weights)
+    if trained is None:
+        return [gr.update() for _ in DESIGN]
+    config = trained[0]
+    return [gr.update(value=config.layout_name if f.name == "stages" else getattr(config, f.name)) for f in DESIGN]
+
+
 def _options(f) -> list | None:
     chooser = f.metadata.get("choices")
     return list(chooser()) if chooser else None
@@ -81,7 +91,7 @@ def design(values: dict) -> ModelConfig:
 def _wrap(fn, extra: list[inspect.Parameter], make, default=_default, check=None):
     """A handler with the design fields, `extra` and fn's own parameters (after the ones `make` fills) as its
     signature (what Gradio names the API's parameters by), calling fn(*make(values), **its own); `check`
-    (config, own parameters) runs first, before anything is built."""
+    (values, own parameters) runs first, before anything is built."""
     own = list(inspect.signature(fn).parameters.values())[make.consumes:]
     fields = [inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default(f)) for f in DESIGN]
     signature = inspect.Signature(fields + extra + own)
@@ -93,7 +103,7 @@ def _wrap(fn, extra: list[inspect.Parameter], make, default=_default, check=None
 
     def prepare(values, rest):
         if check is not None:
-            check(design(values), **{k: v for k, v in rest.items() if k != "progress"})
+            check(values, {k: v for k, v in rest.items() if k != "progress"})
         return make(values)
 
     if inspect.iscoroutinefunction(fn):
@@ -160,19 +170,27 @@ def takes_design(fn=None, *, budget=None):
     for takes_model."""
     if fn is None:
         return functools.partial(takes_design, budget=budget)
-    return _wrap(fn, [], _design_only, check=budget)
+    check = None if budget is None else (lambda values, rest: budget(design(values), **rest))
+    return _wrap(fn, [], _design_only, check=check)
 
 
 def takes_model(fn=None, *, budget=None):
     """A handler fn(model, what, ...) becomes one whose parameters are the design fields, the weights
-    choice, an uploaded checkpoint and the seed of random weights, then fn's own. budget(config, **fn's own
-    parameters) is called before the model is built (to refuse a request over budget at no cost)."""
+    choice (default: the first study model, see weights.default), an uploaded checkpoint and the seed of
+    random weights, then fn's own. budget(config, size=input side, **fn's own parameters) is called before
+    the model is built (to refuse a request over budget at no cost); for a study model it gets the model's
+    own design and input size."""
     if fn is None:
         return functools.partial(takes_model, budget=budget)
-    extra = [inspect.Parameter("weights", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=W.RANDOM),
+    extra = [inspect.Parameter("weights", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=W.default()),
              inspect.Parameter("weights_upload", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
              inspect.Parameter("seed", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=0)]
-    return _wrap(fn, extra, _with_model, check=budget)
+    def check(values, rest):  # a study model's own design and input size, else the panel's at 224
+        trained = W.study_design(values["weights"]) if not values["weights_upload"] else None
+        config, size = trained or (design(values), 224)
+        budget(config, size=size, **rest)
+
+    return _wrap(fn, extra, _with_model, check=None if budget is None else check)
 
 
-__all__ = ["DESIGN", "MODEL_EXTRA", "design", "takes_design", "takes_model", "widgets"]
+__all__ = ["DESIGN", "MODEL_EXTRA", "design", "design_of", "takes_design", "takes_model", "widgets"]

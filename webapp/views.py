@@ -9,6 +9,7 @@ import gradio as gr
 import numpy as np
 
 import evmamba
+from ablations.study_analysis import study_pictures
 from evmamba.analysis import attribution as attr_lib
 from evmamba.analysis import erf as erf_lib
 from evmamba.analysis import hidden_attention as att_lib
@@ -26,16 +27,52 @@ from .inputs import whole
 from .panel import takes_design, takes_filters, takes_model
 from .settings import MAX_GRID, MAX_IMAGE_BYTES, MAX_IMAGES, MAX_STEP, SETTINGS
 
-SAMPLES = sample_names()
+TASK_SAMPLE_COUNT = 6  # test images of each shipped study model's task offered as samples
+
+
+@functools.cache
+def task_samples() -> dict:
+    """{sample name: (study model, index)}: the first test images of the task of each study model shipped
+    with evmamba (the images its accuracy was measured on), one set per task."""
+    from ablations.tasks import TASKS, draw_image
+    from evmamba.study_models import PREFIX, study_models
+    out, seen = {}, set()
+    for name, meta in study_models().items():
+        task = meta["task"]
+        if task in seen:
+            continue
+        seen.add(task)
+        for i in range(TASK_SAMPLE_COUNT):
+            label = draw_image(task, meta["image_size"], meta["test_seed"], i)[1][0]
+            out[f"{task} test image {i} ({TASKS[task].class_names[0][label]})"] = (PREFIX + name, i)
+    return out
+
+
+def task_image(name: str) -> np.ndarray:
+    """A task sample as an (H, W, 3) float picture in [0, 1]."""
+    source, index = task_samples()[name]
+    return study_pictures(source, 1, index)[0]
+
+
+SAMPLES = [*task_samples(), *sample_names()]
 ATTRIBUTION_METHODS = {"Integrated Gradients": "integrated_gradients", "Saliency": "saliency",
                        "Input x Gradient": "input_x_gradient", "SmoothGrad": "smoothgrad"}
 IG_STEPS, SMOOTHGRAD_SAMPLES = 24, 8
-INPUTS = ("random", "natural images")
+INPUTS = ("random", "natural images", "task images")
 
 
 # ---- inputs -------------------------------------------------------------------------------------------
+def default_sample() -> str:
+    """The first test image of the default weights' task (a study model), else the photograph chelsea."""
+    from . import weights as W
+    task = next((m["task"] for n, m in W._study().items() if n == W.default()), None)
+    return next((n for n in task_samples() if n.startswith(f"{task} test image")), "chelsea")
+
+
 def pick_image(sample: str, upload) -> tuple[np.ndarray, str | None, str]:
-    """(picture, note, name) from an uploaded file if there is one, else the chosen sample."""
+    """(picture, note, name) from an uploaded file if there is one, else the chosen sample (None: the
+    default sample, see default_sample)."""
+    sample = default_sample() if sample is None else sample
     if upload:
         path = upload if isinstance(upload, str) else getattr(upload, "name", str(upload))
         if os.path.getsize(path) > MAX_IMAGE_BYTES:
@@ -48,6 +85,8 @@ def pick_image(sample: str, upload) -> tuple[np.ndarray, str | None, str]:
         return picture, note, os.path.basename(path)
     if sample in (None, ""):
         raise ValueError("no image: upload one, or choose a sample image")
+    if sample in task_samples():
+        return task_image(sample), None, sample
     return fit_image(choice(sample, "sample image", SAMPLES))[0], None, sample
 
 
@@ -88,17 +127,26 @@ def partition_view(scan="ES2D", height=8, width=8, step=2, sample="astronaut", u
 
 # ---- tab 2: receptive fields ---------------------------------------------------------------------------
 def _natural(count: int):
-    names = list(DEFAULT_SAMPLES) + [n for n in SAMPLES if n not in DEFAULT_SAMPLES]
+    names = list(DEFAULT_SAMPLES) + [n for n in sample_names() if n not in DEFAULT_SAMPLES]
     return [names[i % len(names)] for i in range(count)]
 
 
-def erf_budget(config, level="stage", count=1, **_):
+def inputs_for(weights) -> str:
+    """The receptive-field inputs that suit a weights choice: a study model's task images, natural images
+    for other trained weights, random inputs for random weights."""
+    from . import weights as W
+    if W.study_design(weights) is not None:
+        return "task images"
+    return "random" if weights in (None, "", W.RANDOM) else "natural images"
+
+
+def erf_budget(config, level="stage", count=1, size=224, **_):
     """Refuse an ERF over budget: a forward and backward pass per input and per map (all routes, then each
     route alone)."""
     count = whole(count, "number of images", 1, MAX_IMAGES)
     maps = 1 + evmamba.routes.num_routes(config.scan, config.step)
     share = 1.0 if level in ("stage", "network") else 0.15  # one mixer or block is a small part of the network
-    jobs.check_budget(jobs.passes_cost(config, count * maps * share), "receptive field",
+    jobs.check_budget(jobs.passes_cost(config, count * maps * share, size), "receptive field",
                       "average over fewer images, or choose a smaller variant or ES2D")
 
 
@@ -114,7 +162,11 @@ async def erf_view(model, what, level="stage", stage=0, block=0, row=-1, col=-1,
     if (row < 0) != (col < 0):
         raise ValueError("set both the output row and column, or both to -1 for the centre")
     inputs = choice(inputs, "inputs", INPUTS)
-    source = "random" if inputs == "random" else _natural(count)
+    source = "random"
+    if inputs == "natural images":
+        source = _natural(count)
+    elif inputs == "task images":
+        source = study_pictures(model, count)
     result = await jobs.run(erf_lib.effective_receptive_fields, model, level, stage=stage, block=block,
                             inputs=source, num_inputs=count if inputs == "random" else None,
                             position=None if row < 0 else (row, col), bar=False, progress=progress)
@@ -158,7 +210,7 @@ def _methods(methods) -> list[str]:
     return chosen
 
 
-def attribution_budget(config, methods=(), **_):
+def attribution_budget(config, methods=(), size=224, **_):
     """Refuse an attribution over budget: the methods' passes, and one forward pass (a third of a pass)
     per route and block for the route contributions."""
     passes = {"integrated_gradients": IG_STEPS + 2, "saliency": 1, "input_x_gradient": 1,
@@ -166,7 +218,7 @@ def attribution_budget(config, methods=(), **_):
     evss_blocks = sum(d for kind, d in zip(config.stages, config.depths) if kind == "evss")
     routes = evmamba.routes.num_routes(config.scan, config.step)
     forwards = (evss_blocks + 1) * (routes + 1) + 1
-    jobs.check_budget(jobs.passes_cost(config, sum(passes[m] for m in _methods(methods)) + forwards / 3),
+    jobs.check_budget(jobs.passes_cost(config, sum(passes[m] for m in _methods(methods)) + forwards / 3, size),
                       "attribution", "choose fewer methods (Integrated Gradients and SmoothGrad cost the most), a "
                       "smaller variant or ES2D")
 
@@ -182,7 +234,7 @@ def _attribute(model, picture, target, methods, progress):
 
 @shows_errors
 @takes_model(budget=attribution_budget)
-async def attribution_view(model, what, sample="chelsea", upload=None, target=-1,
+async def attribution_view(model, what, sample=None, upload=None, target=-1,
                            methods=("Integrated Gradients", "Saliency"), progress=gr.Progress()):
     picture, note, name = pick_image(sample, upload)
     chosen = _methods(methods)
@@ -198,16 +250,16 @@ async def attribution_view(model, what, sample="chelsea", upload=None, target=-1
 
 
 # ---- tab 4: hidden attention ---------------------------------------------------------------------------
-def attention_budget(config, route="all", **_):
+def attention_budget(config, route="all", size=224, **_):
     """Refuse a hidden attention over budget: about half a pass per route (measured at 224²)."""
     routes = evmamba.routes.num_routes(config.scan, config.step) if route in (None, "", "all") else 1
-    jobs.check_budget(jobs.passes_cost(config, 0.5 * routes), "hidden attention",
+    jobs.check_budget(jobs.passes_cost(config, 0.5 * routes, size), "hidden attention",
                       "choose one route, or a smaller variant")
 
 
 @shows_errors
 @takes_model(budget=attention_budget)
-async def hidden_attention_view(model, what, mixer=0, route="all", row=28, col=28, sample="chelsea", upload=None,
+async def hidden_attention_view(model, what, mixer=0, route="all", row=-1, col=-1, sample=None, upload=None,
                                 progress=gr.Progress()):
     mixers = model.mixers()
     if not mixers:
@@ -220,7 +272,10 @@ async def hidden_attention_view(model, what, mixer=0, route="all", row=28, col=2
     atts = await jobs.run(att_lib.model_hidden_attention, model, picture, mixer=mixer, routes=routes, reduce="mean",
                           bar=False, progress=progress)
     h, w = atts[0].grid
-    row, col = whole(row, "query row", 0, h - 1), whole(col, "query column", 0, w - 1)
+    row, col = whole(row, "query row", -1, h - 1), whole(col, "query column", -1, w - 1)
+    if (row < 0) != (col < 0):
+        raise ValueError("set both the query row and column, or both to -1 for the centre")
+    row, col = (h // 2, w // 2) if row < 0 else (row, col)
     info = notes(what, f"{mixers[mixer][0]}: a {h}x{w} map; query ({row}, {col}); the mean of alpha over "
                  f"{atts[0].channels} channels", note, f"image: {name}")
     return attention_row_figure(atts, (row, col)), hidden_attention_figure(atts), info

@@ -1,6 +1,7 @@
 """Which checkpoints a web user may name: the boundary between the page and the server's files.
 
-A web user chooses among what the app offers: random weights; the authors' ImageNet-1K weights for each
+A web user chooses among what the app offers: random weights; the study's trained models shipped with
+evmamba (`study:NAME`, evmamba.study_models); the authors' ImageNet-1K weights for each
 variant (their Hub repositories); the checkpoint files in folders the operator allowed (--weights-dir);
 or a file they upload. Any other server path, and any other Hub repository unless the operator allowed
 Hub downloads (--allow-hub-downloads), is refused with one message that says nothing about the path:
@@ -45,17 +46,38 @@ def _folder_files() -> list[Path]:
 
 
 def _study() -> dict:
-    try:
-        from evmamba.study_models import STUDY_MODELS
-    except ImportError:
-        return {}
-    return STUDY_MODELS
+    """{"study:NAME": metadata} of the study's trained models shipped with evmamba."""
+    from evmamba.study_models import PREFIX, study_models
+    return {PREFIX + name: meta for name, meta in study_models().items()}
+
+
+def study_label(name: str, meta: dict) -> str:
+    return (f"{name}: {meta['design']} trained on the {meta['task']} task ({meta['image_size']}x"
+            f"{meta['image_size']}), test accuracy {100 * meta['accuracy_stored']:.1f}%")
+
+
+def default() -> str:
+    """The panel's starting weights: the operator's --weights, else the first study model, else random."""
+    values = [v for _, v in choices()]
+    if SETTINGS.weights in values:
+        return SETTINGS.weights
+    return next(iter(_study()), RANDOM)
+
+
+def study_design(choice):
+    """(ModelConfig, input side) of a study model's choice (its own design, not the panel's), else None."""
+    text = choice.strip() if isinstance(choice, str) else ""
+    meta = _study().get(text)
+    if meta is None:
+        return None
+    from evmamba.model import ModelConfig
+    return ModelConfig(**meta["model"]).settled(), meta["image_size"]
 
 
 def choices() -> list[tuple[str, str]]:
     """(label, value) of every weights choice the model panel offers."""
     out = [("random weights (the seed below)", RANDOM)]
-    out += [(f"{name}: {info.describe()}", name) for name, info in _study().items()]
+    out += [(study_label(name, meta), name) for name, meta in _study().items()]
     out += [(f"the authors' ImageNet-1K weights, {variant} ({name})", name) for variant, name in PRETRAINED.items()]
     out += [(f"{p.name} (in {p.parent})", str(p)) for p in _folder_files()]
     return out
@@ -99,4 +121,4 @@ def resolve(choice, upload=None) -> Weights | None:
     return Weights(str(path), f"{path.name} (in {path.parent})", "folder")
 
 
-__all__ = ["NOT_ALLOWED", "RANDOM", "Weights", "choices", "resolve"]
+__all__ = ["NOT_ALLOWED", "RANDOM", "Weights", "choices", "default", "resolve", "study_design", "study_label"]

@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import probes
+from .depthwise import DepthwiseConv3x3
 from .mixer import SelectiveScan2D
 
 
@@ -77,7 +78,7 @@ class EVSSBlock(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.op = SelectiveScan2D(dim, scan=scan, step=step, backend=backend)
         self.conv_branch = nn.Sequential(
-            nn.Conv2d(dim, dim, 3, padding=1, groups=dim), nn.BatchNorm2d(dim), nn.GELU(), nn.Conv2d(dim, dim, 1),
+            DepthwiseConv3x3(dim), nn.BatchNorm2d(dim), nn.GELU(), nn.Conv2d(dim, dim, 1),
         ) if conv_branch else None
         self.se = ChannelGate(dim) if gate else None  # the channel gate; `se` is the authors' checkpoint key
         self.drop_path = DropPath(drop_path)
@@ -116,7 +117,11 @@ class SqueezeExcite(nn.Module):
 
 
 def conv_bn(cin, cout, kernel=1, groups=1, relu=True):
-    layers = [nn.Conv2d(cin, cout, kernel, padding=kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    if kernel == 3 and groups == cin == cout:
+        conv = DepthwiseConv3x3(cin, bias=False)
+    else:
+        conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2, groups=groups, bias=False)
+    layers = [conv, nn.BatchNorm2d(cout)]
     if relu:
         layers.append(nn.ReLU())
     return nn.Sequential(*layers)

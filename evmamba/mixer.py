@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import probes
+from .depthwise import DepthwiseConv3x3
 from .routes import RouteTables, cross_merge, cross_scan, num_routes, route_tables, scan_routes
 from .scan import check_backend, selective_scan
 from .scan.common import compute_dtype
@@ -43,7 +44,7 @@ class SelectiveScan2D(nn.Module):
         self.Ds = nn.Parameter(torch.empty(k * d))
         self.out_norm = nn.LayerNorm(d)
         self.in_proj = nn.Linear(dim, 2 * d, bias=False)
-        self.conv2d = nn.Conv2d(d, d, 3, padding=1, groups=d, bias=True)
+        self.conv2d = DepthwiseConv3x3(d, bias=True)
         self.out_proj = nn.Linear(d, dim, bias=False)
         self.reset_ssm_parameters()
 

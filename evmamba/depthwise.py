@@ -1,0 +1,58 @@
+"""The 3x3 depthwise convolution of the EVSS blocks, the scan mixers and the inverted-residual blocks.
+
+`DepthwiseConv3x3` is an nn.Conv2d (the same parameters, state-dict keys and results) whose training
+forward on tiny maps on a CPU is one matrix per channel: on an H x W map with padding 1, output position
+o reads input position i through tap (1 + i_row - o_row, 1 + i_col - o_col) when that tap exists, so the
+convolution is y[b, c] = M[c] @ x[b, c] with M[c] an (HW x HW) matrix of the channel's taps. Training at
+32x32 puts the inverted-residual stages on 2x2 and 1x1 maps, where oneDNN's depthwise backward pass costs
+about 20-30 ms per call (a 64 x 1536 x 1 x 1 batch) against 1-4 ms this way; on maps of at most SMALL_MAP
+positions a whole training step of tiny at 32x32 is 1.11x faster for ES2D and 1.05x for SS2D
+(`python benchmarks/train_speed.py`, 2 cores). On larger maps (where the per-channel matrices cost more
+than they save), in evaluation, under torch.compile and on a GPU the ordinary convolution runs. The two
+agree to float32 rounding (the tests hold them to 1e-5).
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn as nn
+
+SMALL_MAP = 4  # positions (H * W) up to which the per-channel matrix is used
+
+
+@functools.lru_cache(maxsize=64)
+def _taps(h: int, w: int, device: torch.device):
+    """(tap index into the 9 kernel taps, valid mask), each (HW out, HW in), for an h x w map."""
+    r, c = torch.arange(h), torch.arange(w)
+    dr = (r.view(1, 1, h, 1) - r.view(h, 1, 1, 1) + 1).expand(h, w, h, w)  # (out_r, out_c, in_r, in_c)
+    dc = (c.view(1, 1, 1, w) - c.view(1, w, 1, 1) + 1).expand(h, w, h, w)
+    valid = (dr >= 0) & (dr <= 2) & (dc >= 0) & (dc <= 2)
+    index = dr.clamp(0, 2) * 3 + dc.clamp(0, 2)
+    return index.reshape(h * w, h * w).to(device), valid.reshape(h * w, h * w).to(device)
+
+
+def depthwise_as_matrices(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A 3x3 depthwise convolution with padding 1 of x (B, C, H, W), as per-channel (HW x HW) matrices."""
+    b, ch, h, w = x.shape
+    index, valid = _taps(h, w, x.device)
+    m = weight.reshape(ch, 9)[:, index] * valid  # (C, out, in)
+    # a broadcast product and a sum: CPU matrix products of thousands of 4 x 4 matrices loop one by one
+    y = (x.reshape(b, ch, 1, h * w) * m.unsqueeze(0)).sum(-1).reshape(b, ch, h, w)
+    return y if bias is None else y + bias.view(1, ch, 1, 1)
+
+
+class DepthwiseConv3x3(nn.Conv2d):
+    """nn.Conv2d(channels, channels, 3, padding=1, groups=channels), faster to train on small CPU maps."""
+
+    def __init__(self, channels: int, bias: bool = True):
+        super().__init__(channels, channels, 3, padding=1, groups=channels, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.training and torch.is_grad_enabled() and x.device.type == "cpu" and x.dim() == 4
+                and x.shape[2] * x.shape[3] <= SMALL_MAP and not torch.compiler.is_compiling()):
+            return depthwise_as_matrices(x, self.weight, self.bias)
+        return super().forward(x)
+
+
+__all__ = ["SMALL_MAP", "DepthwiseConv3x3", "depthwise_as_matrices"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from evmamba.files import atomic_write_text
 
-from .study import load_study, run_study, summarise
+from .study import binomial_se, load_study, run_study, summarise
 
 SMOKE = {"steps": 4, "train_images": 64, "test_images": 32, "curve_images": 16, "eval_every": 2, "batch_size": 8,
          "bn_batches": 1, "save_every": 0, "warmup_steps": 1, "workers": 0}
@@ -298,7 +298,9 @@ def accuracy_tables(data: dict) -> list[str]:
             lines.append(f"| {name} | {', '.join(f'{a:.1f}' for a in r['accuracy'])} | {_pm(r['mean'], r['std'])} "
                          f"| {dtext} | {'yes' if r['converged'] else 'no'} |")
         se = max(r["test_se"] for r in t["rows"].values())
-        lines += ["", f"Binomial standard error of one accuracy on this test set: at most {se:.2f} points."]
+        worst = 100 * binomial_se(0.5, t["test_images"])
+        lines += ["", f"Binomial standard error of one accuracy on these {t['test_images']} test images: at most "
+                      f"{se:.2f} points at the accuracies measured, {worst:.2f} at 50%."]
         c = t["control"]
         if c is not None:
             lines.append(f"Control ({c['rule']}): **{'passed' if c['passed'] else 'failed'}**, gap "

@@ -96,7 +96,8 @@ def test_attribution_defaults_explain_the_trained_model_on_a_task_image(client):
 
 
 def test_attribution_of_random_weights_says_so(client):
-    top, _, _, _, info = client.predict(weights="random", sample="chelsea", api_name="/attribution")
+    top, _, _, _, info = client.predict(weights="random", sample="chelsea", methods=["Saliency"],
+                                        api_name="/attribution")
     assert len(top["confidences"]) == 5 and "random" in info.lower()
 
 

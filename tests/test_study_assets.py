@@ -16,6 +16,7 @@ from evmamba.study_models import STUDY_DIR, study_models
 
 REPO = Path(__file__).resolve().parents[1]
 PILOT = REPO / "assets" / "study" / "pilot"
+CHECKED = 128  # test images whose recorded predictions the shipped models must reproduce here
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,8 @@ def test_a_shipped_model_gives_its_committed_test_predictions(study, name, scan)
     assert meta["weights_sha256"] == run["weights_sha256"]
     # the stored model reproduces its recorded predictions on the first test images, through the
     # preprocessing it carries (pictures in [0, 1] -> the task's normalisation)
-    images = pictures(meta["task"], meta["subset_images"], meta["image_size"], meta["test_seed"])
+    assert len(meta["subset_predictions"]) == meta["subset_images"] == 512
+    images = pictures(meta["task"], CHECKED, meta["image_size"], meta["test_seed"])  # the first of them
     with torch.no_grad():
         predicted = "".join(map(str, model(model.weights.preprocess(images)).argmax(1).tolist()))
-    assert predicted == meta["subset_predictions"]
+    assert predicted == meta["subset_predictions"][:CHECKED]

@@ -207,14 +207,19 @@ def _check_mode(name: str, settings: dict) -> Mode:
     return Mode(name, dict(settings))
 
 
+def read_toml(path: Path, what: str) -> dict:
+    """The TOML file `path` as a dict, or a ValueError saying that the `what` file is missing or invalid."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{what} file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{what} file {path} is not valid TOML: {e}") from None
+
+
 def load_grid(path=None) -> Grid:
     path = Path(path) if path else GRID_FILE
-    try:
-        spec = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"grid file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"grid file {path} is not valid TOML: {e}") from None
+    spec = read_toml(path, "grid")
     tables = {}
     for t in spec.get("table", []):
         table = expand_table(t)
@@ -232,4 +237,4 @@ def load_paper_numbers(path=None) -> dict:
 
 
 __all__ = ["DEMO_GRID_FILE", "FIELDS", "GRID_FILE", "Grid", "MODES", "Mode", "PAPER_FILE", "Table", "config_dict",
-           "design", "expand_table", "label", "load_grid", "load_paper_numbers", "matches", "slug"]
+           "design", "expand_table", "label", "load_grid", "load_paper_numbers", "matches", "read_toml", "slug"]

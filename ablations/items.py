@@ -153,5 +153,44 @@ def run_item(item: Item):
     return item.run()
 
 
+def init_worker(threads: int):
+    """What a process running items sets up first: its torch threads, and no UserWarnings."""
+    import warnings
+
+    import torch
+    torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore", category=UserWarning)
+
+
+def run_items(items, finish, *, jobs: int = 1, threads: int = 1):
+    """Run `items` in this process (jobs <= 1; torch threads restored afterwards) or in `jobs` spawned
+    worker processes of `threads` threads each, calling finish(item, result, error) as each ends: error
+    None, or a one-line description of the exception (the item's failure does not stop the others)."""
+    import multiprocessing
+    import traceback
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    if jobs <= 1:
+        import torch
+        before = torch.get_num_threads()
+        init_worker(threads)
+        try:
+            for item in items:
+                try:
+                    finish(item, run_item(item))
+                except Exception as e:  # noqa: BLE001 - reported with the item's name
+                    finish(item, None, f"{type(e).__name__}: {e}")
+        finally:
+            torch.set_num_threads(before)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=init_worker, initargs=(threads,)) as pool:
+        futures = {pool.submit(run_item, item): item for item in items}
+        for f in as_completed(futures):
+            try:
+                finish(futures[f], f.result())
+            except Exception as e:  # noqa: BLE001 - reported with the item's name
+                finish(futures[f], None, "".join(traceback.format_exception_only(type(e), e)).strip())
+
+
 __all__ = ["CostItem", "ErfItem", "Item", "MemoryItem", "ScalingItem", "SpeedItem", "TimedItem", "TrainItem",
-           "run_item"]
+           "init_worker", "run_item", "run_items"]

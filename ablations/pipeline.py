@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing
 import os
 import shlex
 import time
-import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +28,7 @@ from evmamba.files import atomic_path, atomic_write_text
 from evmamba.model import VARIANTS, ModelConfig
 
 from .config import Mode, design, load_grid, load_paper_numbers, slug
-from .items import CostItem, ErfItem, Item, MemoryItem, ScalingItem, SpeedItem, TrainItem, run_item
+from .items import CostItem, ErfItem, Item, MemoryItem, ScalingItem, SpeedItem, TrainItem, run_items
 from .store import (
     ResultStore,
     config_hash,
@@ -82,15 +79,6 @@ class Artifact:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-# ---- work done in worker processes -------------------------------------------------------------------
-def _init_worker(threads: int):
-    import warnings
-
-    import torch
-    torch.set_num_threads(threads)
-    warnings.filterwarnings("ignore", category=UserWarning)
 
 
 # ---- the run ------------------------------------------------------------------------------------------
@@ -246,30 +234,7 @@ class Pipeline:
             bar.set_postfix_str(f"{item.kind} {item.name}"[:60])
             self._report(bar.n / len(todo), "items")
 
-        if self.o.jobs <= 1:
-            import torch
-            before = torch.get_num_threads()
-            _init_worker(threads)
-            try:
-                for item in todo:
-                    try:
-                        finish(item, run_item(item))
-                    except Exception as e:  # noqa: BLE001 - reported with the item's name
-                        finish(item, None, f"{type(e).__name__}: {e}")
-            finally:
-                torch.set_num_threads(before)
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(self.o.jobs, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(threads,)) as pool:
-                futures = {pool.submit(run_item, item): item for item in todo}
-                for f in as_completed(futures):
-                    item = futures[f]
-                    try:
-                        finish(item, f.result())
-                    except Exception as e:  # noqa: BLE001 - reported with the item's name
-                        detail = "".join(traceback.format_exception_only(type(e), e)).strip()
-                        finish(item, None, detail)
+        run_items(todo, finish, jobs=self.o.jobs, threads=threads)
         bar.close()
         # seeds in order, whatever order the pool finished them in
         for runs in self.results["runs"].values():

@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import multiprocessing
-import tomllib
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
 from evmamba.model import ModelConfig
 
-from .config import FIELDS, design, slug
-from .items import TrainItem, run_item
+from .config import FIELDS, design, read_toml
+from .items import TrainItem, run_items
 from .store import ResultStore, config_hash
 from .tasks import TASKS
 
@@ -106,12 +103,7 @@ def _design(name: str, spec) -> Design:
 def load_study(path=None) -> Study:
     """Read and check a study file (default: ablations/study.toml)."""
     path = Path(path) if path is not None else STUDY_FILE
-    try:
-        spec = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"study file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"study file {path} is not valid TOML: {e}") from None
+    spec = read_toml(path, "study")
     designs = {n: _design(n, s) for n, s in spec.get("designs", {}).items()}
     reference = spec.get("reference")
     if reference not in designs:
@@ -142,17 +134,15 @@ def load_study(path=None) -> Study:
 
 
 # ---- running ----------------------------------------------------------------------------------------------
-def run_name(d: Design, task: str, seed: int) -> str:
-    return f"{'scanfree-' if d.scan_free else ''}{slug(d.model)}-{task}-s{seed}"
-
-
 def items(mode: StudyMode, cache: Path, device: str) -> list[TrainItem]:
+    """The mode's runs as training items, each in its own folder of `cache` (named and keyed by its run)."""
     out = []
     for d, task, seed, cfg in mode.configs():
         config = cfg.to_dict()
-        folder = Path(cache) / "runs" / f"{run_name(d, task, seed)}-{config_hash(config)}"
         keep = d.name in mode.keep and seed == mode.seeds[0]
-        out.append(StudyItem(d.model, task, seed, config, str(folder), device, keep=keep, design=d.name))
+        item = StudyItem(d.model, task, seed, config, "", device, keep=keep, design=d.name)
+        folder = Path(cache) / "runs" / f"{item.name}-{config_hash(config)}"
+        out.append(dataclasses.replace(item, folder=str(folder)))
     return out
 
 
@@ -171,8 +161,6 @@ def run_study(mode: StudyMode, *, cache, device: str = "cpu", jobs: int = 1, thr
     {(design, task, seed): result}. Finished runs are reused; an interrupted run resumes from its last
     checkpoint (the trainer saves every `eval_every` steps here)."""
     from tqdm.auto import tqdm
-
-    from .pipeline import _init_worker
     store = ResultStore(cache)
     results, todo = {}, []
     for item in items(mode, cache, device):
@@ -198,27 +186,7 @@ def run_study(mode: StudyMode, *, cache, device: str = "cpu", jobs: int = 1, thr
             pbar.update(1)
             pbar.set_postfix_str(item.name[:50])
 
-        if jobs <= 1 or len(todo) <= 1:
-            import torch
-            before = torch.get_num_threads()
-            _init_worker(threads)
-            try:
-                for item in todo:
-                    try:
-                        finish(item, run_item(item))
-                    except Exception as e:  # noqa: BLE001 - reported with the run's name
-                        finish(item, None, f"{type(e).__name__}: {e}")
-            finally:
-                torch.set_num_threads(before)
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
-                futures = {pool.submit(run_item, item): item for item in todo}
-                for f in as_completed(futures):
-                    try:
-                        finish(futures[f], f.result())
-                    except Exception as e:  # noqa: BLE001 - reported with the run's name
-                        finish(futures[f], None, f"{type(e).__name__}: {e}")
+        run_items(todo, finish, jobs=1 if len(todo) <= 1 else jobs, threads=threads)
     if failures:
         raise RuntimeError("some study runs failed:\n  " + "\n  ".join(failures))
     return results

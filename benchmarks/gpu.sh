@@ -9,11 +9,7 @@
 # own with `python benchmarks/gpu_smoke.py --device cuda`); GPU_RESULTS names the results file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ $# -ge 1 ] && [ -d "$1" ]; then
-  wheels="$1"; shift
-  if [ -f "$wheels/install_mamba_ssm.sh" ]; then bash "$wheels/install_mamba_ssm.sh" "$wheels"
-  else python -m pip install --no-deps --no-index "$wheels"/mamba_ssm-*.whl; fi
-fi
+if [ $# -ge 1 ] && [ -d "$1" ]; then bash benchmarks/install_wheel.sh "$1"; shift; fi
 # the checkout itself on the path (no install step: a machine without a network would stall in pip's retries)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 status=0

@@ -7,11 +7,7 @@
 # WHEEL_DIR holds a prebuilt mamba-ssm wheel and its install_mamba_ssm.sh (else mamba-ssm must be installed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ $# -ge 1 ] && [ -d "$1" ]; then
-  wheels="$1"; shift
-  if [ -f "$wheels/install_mamba_ssm.sh" ]; then bash "$wheels/install_mamba_ssm.sh" "$wheels"
-  else python -m pip install --no-deps --no-index "$wheels"/mamba_ssm-*.whl; fi
-fi
+if [ $# -ge 1 ] && [ -d "$1" ]; then bash benchmarks/install_wheel.sh "$1"; shift; fi
 out="${1:-assets/study/gpu}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 start=$(date +%s)

@@ -230,7 +230,7 @@ def test_second_run_reuses_every_item_and_file(quick_run, monkeypatch):
     def no_work(*args, **kwargs):
         raise AssertionError("an item was computed again")
 
-    monkeypatch.setattr(pipeline, "run_item", no_work)
+    monkeypatch.setattr("ablations.items.run_item", no_work)
     monkeypatch.setattr("ablations.measure.speed", no_work)
     monkeypatch.setattr("ablations.measure.scaling", no_work)
     second = pipeline.run_all(options)

@@ -38,10 +38,10 @@ def trained_model(run: dict):
 
 def test_images(run: dict, count: int, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised images and labels count..: the run's fixed test set (its test_seed's stream)."""
-    c = run["config"]
-    seed = c.get("test_seed", c["seed"])
-    offset = 0 if "test_seed" in c and c["test_seed"] != c["seed"] else c["train_images"]
-    data = TaskDataset(c["data"], count, c["image_size"], seed, start=offset + start)
+    from .train import TrainConfig
+    c = TrainConfig.from_dict(run["config"])
+    seed, offset = c.test_split()
+    data = TaskDataset(c.data, count, c.image_size, seed, start=offset + start)
     xs, ys = zip(*(data[i] for i in range(len(data))))
     return torch.stack(xs), torch.stack(ys)
 

@@ -73,7 +73,7 @@ def write_report(out: Path, mode, summary: dict, results: dict, *, device: str, 
     steps = tqdm(total=4 + bool(ship), desc="study report", disable=not bar)
     save_png(curves_figure(mode, results), out / "figures" / "curves.png")
     steps.update(1)
-    analysis = trained_analysis(mode, results, bar=bar)
+    analysis = trained_analysis(mode, results)
     for level, fields in analysis["erfs"].items():
         from evmamba.analysis.erf_figures import erf_figure
         save_png(erf_figure(fields, convention=ERF_CONVENTION[level],
@@ -93,7 +93,7 @@ def write_report(out: Path, mode, summary: dict, results: dict, *, device: str, 
             "runs": {f"{d}|{t}|{s}": {"curve": r.get("curve", []), "test": r["test"], "seconds": r["seconds"],
                                       "weights_sha256": r["weights_sha256"], "config": r["config"]}
                      for (d, t, s), r in sorted(results.items())}}
-    atomic_write_text(out / "study.json", json.dumps(data, indent=1, default=_json))
+    atomic_write_text(out / "study.json", json.dumps(data, indent=1, default=str))
     atomic_write_text(out / "study.md", report_markdown(data))
     atomic_write_text(out / "excerpt.md", excerpt_markdown(data))
     manifest = {"command": command, "mode": mode.name, "device": device_description(device),
@@ -105,7 +105,7 @@ def write_report(out: Path, mode, summary: dict, results: dict, *, device: str, 
                                                         **({"scan_free": True} if mode.designs[n].scan_free else {})}
                                                     for names in mode.runs.values() for n in names},
                 "shipped": shipped, "written": datetime.now(UTC).isoformat(timespec="seconds")}
-    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, default=_json))
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, default=str))
     steps.update(1)
     steps.close()
 
@@ -115,12 +115,6 @@ ERF_LEVELS = {"block": "the last EVSS block of the first stage (stage 0) on the 
 # RepLKNet's odd centred squares on the image-sized stage-level maps; on the block's 8x8 feature grid they
 # come in three sizes only (3, 5, 7), so the block level uses the cell-centred squares (every side)
 ERF_CONVENTION = {"block": "cell-centred", "stage": "replknet"}
-
-
-def _json(o):
-    if isinstance(o, float) and o != o:
-        return None
-    return str(o)
 
 
 def _kept(mode, results, task):
@@ -133,7 +127,7 @@ def _kept(mode, results, task):
     return out
 
 
-def trained_analysis(mode, results, bar: bool = True) -> dict:
+def trained_analysis(mode, results) -> dict:
     """ERFs (block and stage level, all routes and each route) of the kept models of the ship task at
     initialisation and trained, their area ratios, and route effects on test images."""
     from evmamba.analysis.erf_maps import THRESHOLDS
@@ -226,8 +220,13 @@ def route_effects_figure(effects: dict, mode):
 def ship_models(mode, results, folder) -> dict:
     """Store the kept models of the ship task in 8 bits (evmamba.compact) in `folder`, with what loading
     them needs, and the full-precision and stored test accuracy on the whole fixed test set."""
-    from evmamba.compact import read_compact, save_compact
+    import copy
+
+    import torch
+
+    from evmamba.compact import compacted, save_compact
     from evmamba.model import ModelConfig
+    from evmamba.study_models import TASK_MEAN, TASK_STD
 
     from .study_analysis import test_images, trained_model
     from .tasks import TASKS
@@ -238,29 +237,25 @@ def ship_models(mode, results, folder) -> dict:
     shipped = {}
     for name, run in _kept(mode, results, task):
         model = trained_model(run)
+        stored = copy.deepcopy(model)
+        stored.load_state_dict(compacted(model.state_dict()))  # what the file will hold
+        images, labels = test_images(run, run["config"]["test_images"])
+        acc = evaluate(stored, torch.utils.data.TensorDataset(images, labels), tuple(run["heads"]),
+                       batch_size=256, ddp=setup_distributed("cpu"))["accuracy"][0]
+        with torch.no_grad():
+            pred = stored(images[:SUBSET]).argmax(1)
         design = mode.designs[name].model
         stem = task if design.scan == "es2d" and name == mode.reference else f"{task}-{design.scan}"
-        path = folder / f"{stem}.pt"
         meta = {"design": name, "model": {**ModelConfig(**run["config"]["model"]).options(),
                                           "num_classes": sum(run["heads"])},
                 "task": task, "kind": info.kind, "class_names": list(info.class_names[0]),
-                "image_size": run["config"]["image_size"], "normalisation": [0.5, 0.25],
+                "image_size": run["config"]["image_size"], "normalisation": [TASK_MEAN, TASK_STD],
                 "test_seed": run["config"].get("test_seed"), "test_images": run["config"]["test_images"],
                 "accuracy_full_precision": run["test"]["accuracy"][0], "train_config": run["config"],
-                "weights_sha256": run["weights_sha256"]}
-        save_compact(model.state_dict(), path, meta)
-        state, _ = read_compact(path)
-        stored = trained_model(run)
-        stored.load_state_dict(state)
-        images, labels = test_images(run, run["config"]["test_images"])
-        data = torch_dataset(images, labels)
-        acc = evaluate(stored, data, tuple(run["heads"]), batch_size=256, ddp=setup_distributed("cpu"))["accuracy"][0]
-        subset = SUBSET
-        with __import__("torch").no_grad():
-            pred = stored(images[:subset]).argmax(1)
-        meta.update(accuracy_stored=acc, subset_images=subset,
-                    subset_accuracy=(pred == labels[:subset, 0]).float().mean().item(),
-                    subset_predictions="".join(map(str, pred.tolist())))
+                "weights_sha256": run["weights_sha256"], "accuracy_stored": acc, "subset_images": SUBSET,
+                "subset_accuracy": (pred == labels[:SUBSET, 0]).float().mean().item(),
+                "subset_predictions": "".join(map(str, pred.tolist()))}
+        path = folder / f"{stem}.pt"
         save_compact(model.state_dict(), path, meta)
         shipped[stem] = {k: meta[k] for k in ("design", "accuracy_full_precision", "accuracy_stored",
                                               "subset_accuracy")} | {"bytes": path.stat().st_size}
@@ -268,11 +263,6 @@ def ship_models(mode, results, folder) -> dict:
 
 
 SUBSET = 512  # test images whose predictions the shipped file records (a test reproduces them)
-
-
-def torch_dataset(images, labels):
-    import torch
-    return torch.utils.data.TensorDataset(images, labels)
 
 
 def _pm(m, s) -> str:

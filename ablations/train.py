@@ -115,6 +115,13 @@ class TrainConfig:
         choice(self.amp, "amp", AMP_MODES, plural="amp modes")
         return dataclasses.replace(self, model=model)
 
+    def test_split(self) -> tuple[int, int]:
+        """(seed, first image) of the procedural test set: the run's own seed after its training images, or
+        images 0.. of test_seed."""
+        if self.test_seed is None or self.test_seed == self.seed:
+            return self.seed, self.train_images
+        return self.test_seed, 0
+
     def to_dict(self) -> dict:
         """The fields as JSON-able data; those in OMITTED_AT_DEFAULT are left out at their default, so runs
         keyed before they existed keep their keys."""
@@ -337,10 +344,9 @@ def train(config: TrainConfig, out_dir, *, resume: bool = True, device: str | No
     try:
         train_set = build_dataset(config.data, split="train", size=config.image_size, seed=config.seed,
                                   count=config.train_images)
-        test_seed = config.seed if config.test_seed is None else config.test_seed
+        test_seed, test_start = config.test_split()
         test_set = build_dataset(config.data, split="test", size=config.image_size, seed=test_seed,
-                                 count=config.test_images, start=config.train_images if test_seed == config.seed else 0,
-                                 val_data=config.val_data)
+                                 count=config.test_images, start=test_start, val_data=config.val_data)
         heads = tuple(train_set.heads)
         if tuple(test_set.heads) != heads:
             raise ValueError(f"the training data has {heads} classes but the evaluation data {tuple(test_set.heads)}")

@@ -2,6 +2,7 @@
 
     save_compact(model.state_dict(), "m.pt", meta={...})   # about a quarter of the float32 size
     state, meta = read_compact("m.pt")                      # a float32 state dict, the metadata
+    state = compacted(model.state_dict())                   # the same round trip, without a file
 
 Which tensors are stored in 8 bits: floating-point weights with at least two dimensions and at least
 QUANTIZED_MIN_SIZE elements (linear and convolution weights, the scan's batched projections), except the
@@ -44,17 +45,32 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return (_rows(q).float() * scale[:, None]).reshape(q.shape)
 
 
-def save_compact(state: dict, path, meta: dict | None = None) -> None:
-    """Write `state` (a state dict) to `path` in the compact format, with JSON-able `meta`."""
-    tensors = {}
+def _entries(state: dict) -> dict:
+    """What the file stores per tensor: int8 values with per-channel scales, or the tensor as it is."""
+    out = {}
     for name, t in state.items():
         if _quantized(name, t):
             q, scale = quantize(t)
-            tensors[name] = {"int8": q, "scale": scale, "dtype": str(t.dtype).removeprefix("torch.")}
+            out[name] = {"int8": q, "scale": scale, "dtype": str(t.dtype).removeprefix("torch.")}
         else:
-            tensors[name] = {"tensor": t.detach().cpu().clone()}
+            out[name] = {"tensor": t.detach().cpu().clone()}
+    return out
+
+
+def _restored(entries: dict) -> dict:
+    return {name: dequantize(e["int8"], e["scale"]).to(getattr(torch, e["dtype"])) if "int8" in e else e["tensor"]
+            for name, e in entries.items()}
+
+
+def compacted(state: dict) -> dict:
+    """`state` as a compact file of it reads back (the 8-bit round trip), without writing one."""
+    return _restored(_entries(state))
+
+
+def save_compact(state: dict, path, meta: dict | None = None) -> None:
+    """Write `state` (a state dict) to `path` in the compact format, with JSON-able `meta`."""
     with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, "meta": dict(meta or {}), "tensors": tensors}, tmp)
+        torch.save({"format": FORMAT, "meta": dict(meta or {}), "tensors": _entries(state)}, tmp)
 
 
 def read_compact(path) -> tuple[dict, dict]:
@@ -63,13 +79,7 @@ def read_compact(path) -> tuple[dict, dict]:
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise ValueError(f"{path} is not a compact weights file (format {FORMAT!r}); read checkpoints with "
                          "evmamba.load_checkpoint")
-    state = {}
-    for name, entry in obj["tensors"].items():
-        if "int8" in entry:
-            state[name] = dequantize(entry["int8"], entry["scale"]).to(getattr(torch, entry["dtype"]))
-        else:
-            state[name] = entry["tensor"]
-    return state, obj["meta"]
+    return _restored(obj["tensors"]), obj["meta"]
 
 
-__all__ = ["FORMAT", "dequantize", "quantize", "read_compact", "save_compact"]
+__all__ = ["FORMAT", "compacted", "dequantize", "quantize", "read_compact", "save_compact"]

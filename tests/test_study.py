@@ -17,7 +17,7 @@ from ablations.study import (
     t95,
 )
 from ablations.study_report import SMOKE, excerpt_markdown, report_markdown, write_report
-from evmamba.compact import dequantize, quantize, read_compact, save_compact
+from evmamba.compact import compacted, dequantize, quantize, read_compact, save_compact
 
 STUDY = """
 reference = "ES2D"
@@ -171,6 +171,7 @@ def test_compact_files_round_trip_and_refuse_other_files(tmp_path):
     save_compact(state, tmp_path / "m.pt", {"task": "x"})
     back, meta = read_compact(tmp_path / "m.pt")
     assert meta == {"task": "x"}
+    assert all(torch.equal(v, back[k]) for k, v in compacted(state).items())  # the round trip without a file
     for k in ("a.bias", "op.A_logs", "n.num_batches_tracked"):  # kept as they are
         assert torch.equal(back[k], state[k])
     assert not torch.equal(back["a.weight"], state["a.weight"])

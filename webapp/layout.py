@@ -117,10 +117,10 @@ def build_demo() -> gr.Blocks:
                     e_row = gr.Number(value=-1, precision=0, label="output row (-1: centre)")
                     e_col = gr.Number(value=-1, precision=0, label="output column (-1: centre)")
                 with gr.Row():
-                    trained = W.study_design(W.default()) is not None
-                    e_inputs = gr.Radio(list(views.INPUTS), value="task images" if trained else "random",
-                                        label="inputs", info="task images: the test images of a study model's task")
-                    e_count = gr.Slider(1, MAX_IMAGES, value=8 if trained else 1, step=1,
+                    start = views.inputs_for(W.default())
+                    e_inputs = gr.Radio(list(views.INPUTS), value=start, label="inputs",
+                                        info="task images: the test images of a study model's task")
+                    e_count = gr.Slider(1, MAX_IMAGES, value=8 if start == "task images" else 1, step=1,
                                         label="images to average over")
                     e_go = gr.Button("Compute", variant="primary")
                     e_more = gr.Button("Average over 8 images")

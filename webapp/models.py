@@ -12,7 +12,7 @@ from evmamba.checkpoint import describe_checkpoint, read_checkpoint
 from evmamba.errors import CheckpointMismatchError
 from evmamba.factory import PRETRAINED, create, imagenet_weights
 from evmamba.model import ModelConfig
-from evmamba.study_models import load_study_model
+from evmamba.study_models import load_study_model, study_model_meta
 
 from . import weights as W
 from .settings import SETTINGS
@@ -40,10 +40,7 @@ def _build(config: ModelConfig, weights: W.Weights | None, seed: int):
     if weights is None:
         return create(config, seed=seed)
     if weights.kind == "study":  # its design, task classes and inputs come with it
-        trained, _ = W.study_design(weights.source)
-        differ = [f"{f.name}={getattr(trained, f.name)!r} (chosen: {getattr(config.settled(), f.name)!r})"
-                  for f in dataclasses.fields(ModelConfig) if "column" in f.metadata
-                  and getattr(trained, f.name) != getattr(config.settled(), f.name)]
+        differ = _design_difference(study_model_meta(weights.source)["model"], config)
         if differ:
             raise ValueError(f"{weights.source} was trained as another design: {', '.join(differ)}; set those in "
                              "the model settings, or choose random weights for the design chosen")

@@ -58,8 +58,7 @@ def study_label(name: str, meta: dict) -> str:
 
 def default() -> str:
     """The panel's starting weights: the operator's --weights, else the first study model, else random."""
-    values = [v for _, v in choices()]
-    if SETTINGS.weights in values:
+    if SETTINGS.weights and SETTINGS.weights in [v for _, v in choices()]:
         return SETTINGS.weights
     return next(iter(_study()), RANDOM)
 

@@ -85,7 +85,8 @@ def main(argv=None) -> int:
     p.add_argument("--step", type=int, default=2, help="ES2D skip step p, or the windows' side (default 2)")
     p.add_argument("--checkpoint", help="a checkpoint file (the authors' or ours), or hf:OWNER/REPO[/FILE]")
     p.add_argument("--image", help="an image file (default: a sample image bundled with scikit-image)")
-    p.add_argument("--backend", default="auto", help="selective-scan backend: auto, reference, torch, mamba_ssm")
+    p.add_argument("--backend", default="auto",
+                   help="selective-scan backend: auto, reference, torch, cpu_fused, mamba_ssm")
     p.add_argument("--size", type=int, default=224, help="input resolution (default 224)")
     args = p.parse_args(argv)
 

@@ -71,7 +71,7 @@ class ModelConfig:
     num_classes: int = field(default=1000, metadata={"doc": "classifier outputs (0: no head, pooled features)"})
     drop_path: float = field(default=0.0, metadata={"doc": "stochastic-depth rate, rising linearly to this value"})
     backend: str = field(default="auto", metadata={"doc": "selective-scan backend: auto, reference, torch, "
-                                                          "mamba_ssm (see evmamba.scan)"})
+                                                          "cpu_fused, mamba_ssm (see evmamba.scan)"})
 
     @classmethod
     def from_options(cls, what: str = "build_model", **options) -> ModelConfig:
@@ -250,7 +250,7 @@ class EfficientVMamba(nn.Module):
         return scan_mixers(self)
 
     def set_scan_backend(self, backend: str) -> EfficientVMamba:
-        """Use `backend` (auto, reference, torch, mamba_ssm) for every selective scan in the model."""
+        """Use `backend` (auto, reference, torch, cpu_fused, mamba_ssm) for every selective scan in the model."""
         check_backend(backend)
         for _, m in self.mixers():
             m.backend = backend

@@ -56,7 +56,7 @@ def test_drop_path_rises_linearly():
     (dict(num_classes=-1), "num_classes must be an integer >= 0"),
     (dict(drop_path=1.5), r"drop_path must be a number in \[0, 1\)"),
     (dict(conv_branch="yes"), "conv_branch must be True or False"),
-    (dict(backend="cuda"), "valid backends are auto, reference, torch, mamba_ssm"),
+    (dict(backend="cuda"), "valid backends are auto, reference, torch, cpu_fused, mamba_ssm"),
     (dict(se_ratio=0.25), "unknown build_model option.*'se_ratio'.*valid options are scan, step"),
 ])
 def test_bad_options_raise_clear_errors(kwargs, message):

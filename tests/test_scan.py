@@ -1,9 +1,16 @@
-"""Selective-scan backends: the torch backend against the plain reference loop, gradients, errors."""
+"""Selective-scan backends: the torch and cpu_fused backends against the plain reference loop, gradients,
+errors, and the fallback when the fused kernel cannot be built."""
+import logging
+import sys
+
 import pytest
 import torch
 from conftest import rel_err
 
-from evmamba.scan import available_backends, resolve_backend, selective_scan
+from evmamba.scan import available_backends, cpu_fused, resolve_backend, selective_scan
+
+# the fast CPU backends, each held to the reference by the same tests
+FAST = ["torch", "cpu_fused"]
 
 
 def make(batch, k, d, n, length, grouped=True, dtype=torch.float32, seed=0, delta_scale=0.5, a_scale=2.0):
@@ -29,38 +36,77 @@ SHAPES = [  # (batch, K, d, N, L, grouped)
 ]
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "b{}k{}d{}n{}l{}{}".format(*s[:5], "g" if s[5] else ""))
+def shape_id(s):
+    return "b{}k{}d{}n{}l{}{}".format(*s[:5], "g" if s[5] else "")
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
 @pytest.mark.parametrize("softplus", [True, False])
-def test_torch_matches_reference(shape, softplus):
+@pytest.mark.parametrize("backend", FAST)
+def test_backend_matches_reference(shape, softplus, backend):
     *dims, grouped = shape
     inputs = make(*dims, grouped=grouped)
     if not softplus:
         inputs["delta"] = inputs["delta"].abs()
         inputs["delta_bias"] = inputs["delta_bias"].abs()
+    assert_matches_reference(inputs, softplus, backend)
+
+
+def assert_matches_reference(inputs, softplus, backend, tolerance=1e-5):
+    """Output and all seven gradients of `backend` within `tolerance` of the reference loop's (relative)."""
     outs, grads = {}, {}
-    for backend in ("reference", "torch"):
+    for name in ("reference", backend):
         x = {k: v.clone().requires_grad_() for k, v in inputs.items()}
-        y = selective_scan(**x, delta_softplus=softplus, backend=backend)
+        y = selective_scan(**x, delta_softplus=softplus, backend=name)
         w = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
         (y * w).sum().backward()
-        outs[backend], grads[backend] = y.detach(), {k: v.grad for k, v in x.items()}
-    assert rel_err(outs["torch"], outs["reference"]) < 1e-5
+        outs[name], grads[name] = y.detach(), {k: v.grad for k, v in x.items()}
+    assert torch.isfinite(outs[backend]).all()
+    assert rel_err(outs[backend], outs["reference"]) < tolerance
     for name in inputs:
-        assert rel_err(grads["torch"][name], grads["reference"][name]) < 1e-5, name
+        assert torch.isfinite(grads[backend][name]).all(), name
+        assert rel_err(grads[backend][name], grads["reference"][name]) < tolerance, name
 
 
-def test_optional_arguments():
+def _random_shapes(count=10, seed=7):
+    """Random odd-sized shapes: batch 1 or 64, K = 1, 4 or 9 routes, any d, N and L, grouped or shared B, C."""
+    g = torch.Generator().manual_seed(seed)
+
+    def pick(*options):
+        return options[int(torch.randint(len(options), (1,), generator=g))]
+
+    def between(lo, hi):
+        return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+    out = []
+    for _ in range(count):
+        batch = pick(1, 64)
+        k = pick(1, 4, 9)
+        out.append((batch, k, between(1, 13), between(1, 20), between(1, 300 if batch == 1 else 40), pick(True, False)))
+    return out
+
+
+@pytest.mark.parametrize("shape", _random_shapes(), ids=shape_id)
+@pytest.mark.parametrize("backend", FAST)
+def test_random_shapes_match_reference(shape, backend):
+    *dims, grouped = shape
+    assert_matches_reference(make(*dims, grouped=grouped, seed=sum(shape)), True, backend)
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_optional_arguments(backend):
     x = make(2, 4, 3, 5, 20)
     ref = selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], backend="reference")
-    out = selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], backend="torch")
+    out = selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], backend=backend)
     assert rel_err(out, ref) < 1e-5
-    with_d = selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], D=x["D"], backend="torch")
+    with_d = selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], D=x["D"], backend=backend)
     assert rel_err(with_d, ref + x["u"] * x["D"][:, None]) < 1e-5
 
 
-def test_shared_bc_equals_repeated_groups():
+@pytest.mark.parametrize("backend", FAST)
+def test_shared_bc_equals_repeated_groups(backend):
     x = make(2, 1, 6, 4, 30, grouped=False)
-    shared = selective_scan(**x, backend="torch")
+    shared = selective_scan(**x, backend=backend)
     y = dict(x, B=x["B"][:, None].expand(2, 3, 4, 30), C=x["C"][:, None].expand(2, 3, 4, 30))
     assert rel_err(selective_scan(**y, backend="reference"), shared) < 1e-5
 
@@ -86,24 +132,60 @@ def test_float64_is_computed_in_float64():
     assert rel_err(out, ref) < 1e-12
 
 
-def test_half_inputs_give_half_outputs_computed_in_float32():
+def test_cpu_fused_runs_float64_on_the_torch_backend(caplog):
+    x = make(1, 2, 3, 4, 40, dtype=torch.float64)
+    with caplog.at_level(logging.INFO, logger="evmamba"):
+        out = selective_scan(**x, delta_softplus=True, backend="cpu_fused")
+        assert resolve_backend("auto", "cpu", torch.float64) == "torch"
+    assert out.dtype == torch.float64
+    assert torch.equal(out, selective_scan(**x, delta_softplus=True, backend="torch"))
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs_give_half_outputs_computed_in_float32(backend, dtype):
     x = make(1, 2, 3, 4, 40)
     ref = selective_scan(**x, delta_softplus=True, backend="reference")
-    half = {k: (v.bfloat16() if k in ("u", "delta", "B", "C") else v) for k, v in x.items()}
-    out = selective_scan(**half, delta_softplus=True, backend="torch")
-    assert out.dtype == torch.bfloat16
+    half = {k: (v.to(dtype) if k in ("u", "delta", "B", "C") else v) for k, v in x.items()}
+    out = selective_scan(**half, delta_softplus=True, backend=backend)
+    assert out.dtype == dtype
     assert rel_err(out.float(), ref) < 5e-2
 
 
-def test_auto_on_cpu_is_torch():
-    assert resolve_backend("auto", "cpu") == "torch"
+def test_auto_on_cpu_is_the_fused_kernel():
+    assert resolve_backend("auto", "cpu") == "cpu_fused"
+    assert available_backends("cpu") == ["reference", "torch", "cpu_fused"]
+
+
+@pytest.fixture
+def numba_hidden(monkeypatch):
+    """This process as on a machine without numba: importing it fails, the kernel is loaded afresh."""
+    import evmamba.scan as scan_module
+    monkeypatch.setitem(sys.modules, "numba", None)
+    monkeypatch.setattr(scan_module, "_announced", set())
+    cpu_fused.kernels.cache_clear()
+    yield
+    cpu_fused.kernels.cache_clear()
+
+
+def test_without_numba_auto_falls_back_to_torch_with_one_message(numba_hidden, caplog):
+    x = make(1, 4, 3, 16, 20)
+    with caplog.at_level(logging.INFO, logger="evmamba"):
+        assert resolve_backend("auto", "cpu") == "torch"
+        y = selective_scan(**x, delta_softplus=True)
+        selective_scan(**x, delta_softplus=True)
+    assert torch.equal(y, selective_scan(**x, delta_softplus=True, backend="torch"))
+    messages = [r.getMessage() for r in caplog.records if "cpu_fused" in r.getMessage()]
+    assert len(messages) == 1 and "numba could not be imported" in messages[0] and "torch backend" in messages[0]
     assert available_backends("cpu") == ["reference", "torch"]
+    with pytest.raises(RuntimeError, match="cpu_fused backend is unavailable: numba could not be imported"):
+        selective_scan(**x, backend="cpu_fused")
 
 
 def test_errors_name_the_problem():
     x = make(2, 4, 3, 5, 20)
     with pytest.raises(ValueError, match="unknown selective-scan backend 'fast': valid backends are auto, "
-                                         "reference, torch, mamba_ssm"):
+                                         "reference, torch, cpu_fused, mamba_ssm"):
         selective_scan(**x, backend="fast")
     with pytest.raises(ValueError, match="delta must have u's shape"):
         selective_scan(**dict(x, delta=x["delta"][:, :, :5]))
@@ -117,6 +199,8 @@ def test_errors_name_the_problem():
         selective_scan(**dict(x, u=x["u"].long()))
     with pytest.raises(ValueError, match="mamba_ssm backend runs on CUDA tensors only"):
         selective_scan(**x, backend="mamba_ssm")
+    with pytest.raises(ValueError, match="cpu_fused backend runs on CPU tensors only"):
+        selective_scan(**{k: v.to("meta") for k, v in x.items()}, backend="cpu_fused")
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
@@ -134,14 +218,22 @@ def test_torch_backend_is_exact_across_chunk_boundaries(monkeypatch, chunk):
         assert rel_err(a, b) < 1e-12
 
 
-def test_float32_against_a_float64_loop():
+@pytest.mark.parametrize("backend", FAST)
+def test_float32_against_a_float64_loop(backend):
     x = make(1, 4, 24, 16, 784)
     ref = selective_scan(**{k: v.double() for k, v in x.items()}, delta_softplus=True, backend="reference")
-    assert rel_err(selective_scan(**x, delta_softplus=True, backend="torch").double(), ref) < 1e-5
+    assert rel_err(selective_scan(**x, delta_softplus=True, backend=backend).double(), ref) < 1e-5
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 64])
+def test_cpu_fused_is_exact_across_chunk_boundaries(monkeypatch, chunk):
+    monkeypatch.setattr(cpu_fused, "CHUNK", chunk)
+    assert_matches_reference(make(2, 4, 3, 5, 150), True, "cpu_fused")
 
 
 @pytest.mark.parametrize("length", [16384])
-def test_long_sequences_and_large_steps_stay_finite(length):
+@pytest.mark.parametrize("backend", FAST)
+def test_long_sequences_and_large_steps_stay_finite(length, backend):
     # delta·|A| up to 20 per step: decays as small as exp(-20); 16k tokens.
     g = torch.Generator().manual_seed(3)
     ch, n = 8, 16
@@ -149,13 +241,13 @@ def test_long_sequences_and_large_steps_stay_finite(length):
              A=-torch.rand(ch, n, generator=g) - 1e-3, B=torch.randn(1, 2, n, length, generator=g),
              C=torch.randn(1, 2, n, length, generator=g), D=torch.ones(ch))
     x = {k: v.requires_grad_() for k, v in x.items()}
-    y = selective_scan(**x, backend="torch")
+    y = selective_scan(**x, backend=backend)
     grads = torch.autograd.grad((y * y).mean(), list(x.values()))
     assert torch.isfinite(y).all() and all(torch.isfinite(t).all() for t in grads)
     ref = selective_scan(**{k: v.detach().double() for k, v in x.items()}, backend="reference")
     assert rel_err(y.double(), ref) < 1e-5
     # tiny steps over a long sequence: the state integrates almost without decay
     small = dict(x, delta=1e-4 * torch.rand(1, ch, length, generator=g))
-    y = selective_scan(**{k: v.detach() for k, v in small.items()}, backend="torch")
+    y = selective_scan(**{k: v.detach() for k, v in small.items()}, backend=backend)
     ref = selective_scan(**{k: v.detach().double() for k, v in small.items()}, backend="reference")
     assert torch.isfinite(y).all() and rel_err(y.double(), ref) < 1e-5

@@ -258,3 +258,37 @@ def test_inductor_follows_a_symbolic_batch_size_without_its_layout_optimization(
                                        "layout_optimization=False are right")
 def test_inductor_dynamic_batch_gradients_with_its_layout_optimization():
     _dynamic_batch(layout_optimization=True)
+
+
+def fused_args(batch=2, groups=4, d=3, n=5, length=40, chunk=16, strided=False):
+    x = make(batch, groups, d, n, length)
+    if strided:  # u and delta laid out (channels, batch, L), B as (groups, N, batch, L): the mixer's views
+        x["u"], x["delta"] = (t.transpose(0, 1).contiguous().transpose(0, 1) for t in (x["u"], x["delta"]))
+        x["B"] = x["B"].permute(1, 2, 0, 3).contiguous().permute(2, 0, 1, 3)
+    return (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["delta_bias"], True, chunk)
+
+
+@pytest.mark.parametrize("strided", [False, True])
+def test_cpu_fused_operators_pass_opcheck(strided):
+    args = fused_args(length=37, chunk=8, strided=strided)
+    torch.library.opcheck(torch.ops.evmamba.cpu_scan.default, args)
+    grad_args = tuple(t.clone().requires_grad_() if isinstance(t, torch.Tensor) else t for t in args)
+    torch.library.opcheck(torch.ops.evmamba.cpu_scan.default, grad_args)
+    y, states = torch.ops.evmamba.cpu_scan(*args)
+    gy = torch.randn(y.shape).transpose(0, 1).contiguous().transpose(0, 1)
+    torch.library.opcheck(torch.ops.evmamba.cpu_scan_backward.default, (*args[:7], states, gy, *args[7:]))
+
+
+def test_compiled_cpu_fused_scan_equals_eager():
+    x = make(2, 4, 3, 5, 37)
+    x = {k: v.requires_grad_() for k, v in x.items()}
+
+    def fn(**k):
+        return selective_scan(**k, delta_softplus=True, backend="cpu_fused")
+
+    eager = fn(**x)
+    geager = torch.autograd.grad(eager.square().sum(), list(x.values()))
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")(**x)
+    gcomp = torch.autograd.grad(compiled.square().sum(), list(x.values()))
+    assert rel_err(compiled, eager) < 1e-6
+    assert grad_agreement(gcomp, geager).ok(1e-6)

@@ -7,25 +7,31 @@ semantics of mamba-ssm's `selective_scan_fn` without z:
 
 Backends:
     reference  a plain per-token loop; any float dtype (float64 included), autograd; the ground truth.
-    torch      the fast pure-PyTorch path (CPU, or GPU without mamba-ssm); same results.
+    torch      the pure-PyTorch path (CPU, or GPU without mamba-ssm); same results.
+    cpu_fused  one fused CPU kernel for forward and backward (numba; see cpu_fused.py); float32 compute,
+               float64 inputs run `torch`.
     mamba_ssm  mamba-ssm's CUDA kernel; GPU tensors in float32/float16/bfloat16 only.
-    auto       mamba_ssm where it can run (CUDA tensor, kernel importable, not float64), else torch;
-               when a GPU tensor has to fall back to torch it says so once (a warning).
+    auto       on a GPU: mamba_ssm where it can run (kernel importable, not float64), else torch; when a
+               GPU tensor has to fall back to torch it says so once (a warning). On a CPU: cpu_fused when
+               numba can compile it (not for float64), else torch, saying once why.
 """
 import logging
 import warnings
 
 import torch
 
+from . import cpu_fused
 from .common import check_inputs
+from .cpu_fused import selective_scan_cpu_fused
 from .cuda import extension, selective_scan_mamba_ssm
 from .reference import selective_scan_reference
 from .torch_scan import selective_scan_torch
 
-BACKENDS = ("auto", "reference", "torch", "mamba_ssm")
+BACKENDS = ("auto", "reference", "torch", "cpu_fused", "mamba_ssm")
 _IMPLEMENTATIONS = {
     "reference": selective_scan_reference,
     "torch": selective_scan_torch,
+    "cpu_fused": selective_scan_cpu_fused,
     "mamba_ssm": selective_scan_mamba_ssm,
 }
 log = logging.getLogger("evmamba")
@@ -54,7 +60,9 @@ def resolve_backend(backend: str, device: torch.device | str = "cpu", dtype: tor
     if backend != "auto":
         return backend
     device = torch.device(device)
-    if device.type != "cuda":
+    if device.type == "cpu":
+        chosen = _cpu_choice(dtype)
+    elif device.type != "cuda":
         chosen = "torch"
     elif dtype == torch.float64:
         chosen = "torch"
@@ -70,9 +78,24 @@ def resolve_backend(backend: str, device: torch.device | str = "cpu", dtype: tor
     return chosen
 
 
+def _cpu_choice(dtype: torch.dtype) -> str:
+    if not cpu_fused.available():
+        _announce("nocpukernel", "selective scan: the cpu_fused backend is unavailable "
+                  f"({cpu_fused.unavailable_reason}), so the CPU runs the slower torch backend; "
+                  "`pip install -r requirements.txt` installs numba")
+        return "torch"
+    if dtype == torch.float64:
+        _announce("cpu-f64", "selective scan: the cpu_fused kernel computes in float32; float64 tensors use the "
+                  "torch backend")
+        return "torch"
+    return "cpu_fused"
+
+
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
     """Backends that can run on `device` in this environment (besides "auto")."""
     out = ["reference", "torch"]
+    if torch.device(device).type == "cpu" and cpu_fused.available():
+        out.append("cpu_fused")
     if torch.device(device).type == "cuda" and extension() is not None:
         out.append("mamba_ssm")
     return out
@@ -85,4 +108,5 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Fa
 
 
 __all__ = ["BACKENDS", "available_backends", "check_backend", "resolve_backend", "selective_scan",
-           "selective_scan_reference", "selective_scan_torch", "selective_scan_mamba_ssm"]
+           "selective_scan_reference", "selective_scan_torch", "selective_scan_cpu_fused",
+           "selective_scan_mamba_ssm"]

@@ -1,0 +1,255 @@
+"""The `cpu_fused` backend: the whole selective scan as one fused CPU kernel, forward and backward.
+
+Each (batch, channel) row runs its recurrence over all L tokens with its N states in cache, rows in
+parallel over the cores (numba's threads), the channels of a route side by side in vector lanes (they
+share the route's B_t and C_t): exp(delta·A), the drive delta·u·B, the output <C, h>, the D skip and
+delta's bias and softplus all happen in one pass; no (L, d, N) tensor is ever written. The forward keeps
+only the state entering each chunk of CHUNK tokens; the backward runs the adjoint recurrence in reverse
+from those, recomputing each chunk's states (in cache) first, and produces all seven gradients (u, delta,
+A, B, C, D, delta_bias). dB and dC sum over the channels of a route and dA, dD, d delta_bias over the
+batch: each thread sums into its own partials, and one sum after the kernel adds them (no locks).
+
+The kernels are numba functions (evmamba/scan/_cpu_kernels.py), compiled on first use and cached on disk
+(under $NUMBA_CACHE_DIR, else $XDG_CACHE_HOME/evmamba/numba or ~/.cache/evmamba/numba); numba ships
+wheels for Linux, macOS and Windows, so no compiler is needed. Without numba, `auto` uses the `torch`
+backend and says so once. The kernel computes in float32: float16/bfloat16 inputs are computed in float32
+and returned in their dtype (as every backend does); float64 inputs run the `torch` backend, with a notice.
+
+The kernel is called through two registered operators, `evmamba::cpu_scan` and
+`evmamba::cpu_scan_backward`, so autograd calls its backward and torch.compile sees one opaque node.
+"""
+from __future__ import annotations
+
+import functools
+import glob
+import logging
+import os
+import threading
+import time
+
+import torch
+
+CHUNK = 64  # tokens between the states the forward keeps for the backward (1/4 of u's size at N=16)
+log = logging.getLogger("evmamba")
+
+
+def cache_dir() -> str:
+    """Where numba keeps the compiled kernels: $NUMBA_CACHE_DIR if set, else under the user's cache."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return os.environ["NUMBA_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "evmamba", "numba")
+
+
+_load_lock = threading.Lock()
+unavailable_reason: str | None = None  # why the kernel could not be loaded, when it could not
+
+
+@functools.lru_cache(maxsize=1)
+def _kernels_cached():
+    global unavailable_reason
+    path = cache_dir()
+    try:
+        os.makedirs(path, exist_ok=True)
+        os.environ.setdefault("NUMBA_CACHE_DIR", path)
+        import numba
+        numba.config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
+        if "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:  # OpenMP first: torch's own runtime on Linux
+            numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+    except Exception as e:  # noqa: BLE001 - ImportError, or a numba that cannot load its LLVM library
+        unavailable_reason = f"numba could not be imported ({type(e).__name__}: {e})"
+        return None
+    cached = glob.glob(os.path.join(numba.config.CACHE_DIR, "**", "_cpu_kernels.*.nbi"), recursive=True)
+    if not cached:
+        log.info(f"selective scan: compiling the cpu_fused kernel (once, a few seconds; cached in {path})")
+    started = time.perf_counter()
+    try:
+        from . import _cpu_kernels  # compiles, or loads from the cache, at import
+    except Exception as e:  # noqa: BLE001 - any failure to compile means: run the torch backend instead
+        unavailable_reason = f"its kernel could not be compiled ({type(e).__name__}: {e})"
+        return None
+    if not cached:
+        log.info(f"selective scan: cpu_fused kernel ready in {time.perf_counter() - started:.1f} s")
+    return _cpu_kernels
+
+
+_UNSET = object()
+_loaded = _UNSET  # the kernels module or None, once kernels() has run: compiled code reads only this
+
+
+def kernels():
+    """The compiled kernels module, or None when numba is missing or cannot compile them
+    (`unavailable_reason` says why)."""
+    global _loaded
+    with _load_lock:
+        _loaded = _kernels_cached()
+    return _loaded
+
+
+def available() -> bool:
+    """Whether the kernel runs here (loading it on the first call; torch.compile traces a plain flag)."""
+    return (kernels() if _loaded is _UNSET else _loaded) is not None
+
+
+def _cache_clear():  # tests: load again (with numba hidden, say)
+    global _loaded
+    _kernels_cached.cache_clear()
+    _loaded = _UNSET
+
+
+kernels.cache_clear = _cache_clear
+
+
+_launch_lock = threading.Lock()
+
+
+def _threads(k) -> int:
+    """Threads for one kernel call: torch's intra-op count, at most numba's."""
+    import numba
+    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+
+
+def _launch(fn, shares, *args):
+    """fn(shares, *args) on `shares` of numba's threads. One launch at a time: numba's fallback threading
+    layer (workqueue) must not be entered from two threads at once, and each launch uses every core."""
+    import numba
+    with _launch_lock:
+        numba.set_num_threads(shares)
+        fn(shares, *args)
+
+
+def _block(per_group: int, most: int) -> int:
+    """Channels per block: at most `most`, the group's channels split evenly."""
+    return -(-per_group // -(-per_group // most))
+
+
+FORWARD_BLOCK, BACKWARD_BLOCK = 64, 48  # channels per task (the backward keeps a chunk's states per block)
+
+
+def _np(t):
+    return t.detach().numpy()
+
+
+torch.library.define("evmamba::cpu_scan", "(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor D, "
+                     "Tensor delta_bias, bool delta_softplus, int chunk) -> (Tensor, Tensor)")
+torch.library.define("evmamba::cpu_scan_backward", "(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, "
+                     "Tensor D, Tensor delta_bias, Tensor states, Tensor gy, bool delta_softplus, int chunk) "
+                     "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+
+
+# Shapes: u, delta (batch, channels, L); A (channels, N); B, C (batch, groups, N, L); D, delta_bias
+# (channels,); all float32, u, delta, B, C with any strides (read in place). Returns y (batch, channels, L)
+# and the state entering each chunk, (batch, chunks, N, channels).
+def _states_shape(u, A, chunk):
+    batch, channels, length = u.shape
+    return (batch, -(-length // chunk), A.shape[1], channels)
+
+
+def _tasks(u, B, most):
+    per_group = u.shape[1] // B.shape[1]
+    block = _block(per_group, most)
+    return block, u.shape[0] * B.shape[1] * -(-per_group // block)
+
+
+def _flat(tensors):
+    """Each tensor as a flat buffer from its first element (its token axis made contiguous where it is not),
+    and the strides of all of them, one row each (the last column: the third axis of B and C)."""
+    flats, strides = [], torch.zeros((len(tensors), 3), dtype=torch.int64)
+    for row, t in enumerate(tensors):
+        if t.stride(-1) != 1:
+            t = t.contiguous()
+        span = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+        flats.append(_np(t.as_strided((span,), (1,))))
+        strides[row, : t.dim() - 1] = torch.tensor(t.stride()[:-1])
+    return flats, strides.numpy()
+
+
+@torch.library.impl("evmamba::cpu_scan", "CompositeExplicitAutograd")
+def _cpu_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk):
+    k = kernels()
+    y = u.new_empty(u.shape)
+    states = u.new_empty(_states_shape(u, A, chunk))
+    block, tasks = _tasks(u, B, FORWARD_BLOCK)
+    (fu, fd, _, fB, fC), st = _flat((u, delta, u, B, C))
+    _launch(k.forward_parallel, min(tasks, _threads(k)), tasks, block, B.shape[1], fu, fd, fB, fC, st,
+            _np(A.t().contiguous()), _np(D.contiguous()), _np(delta_bias.contiguous()), bool(delta_softplus),
+            int(chunk), _np(y), _np(states))
+    return y, states
+
+
+@torch.library.register_fake("evmamba::cpu_scan")
+def _(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk):
+    return u.new_empty(u.shape), u.new_empty(_states_shape(u, A, chunk))
+
+
+@torch.library.impl("evmamba::cpu_scan_backward", "CompositeExplicitAutograd")
+def _cpu_scan_backward(u, delta, A, B, C, D, delta_bias, states, gy, delta_softplus, chunk):
+    k = kernels()
+    block, tasks = _tasks(u, B, BACKWARD_BLOCK)
+    slots = min(tasks, _threads(k))
+    du, ddelta = u.new_empty(u.shape), u.new_empty(u.shape)
+    dAt = u.new_zeros((slots,) + A.shape[::-1])
+    dB, dC = (u.new_zeros((slots,) + B.shape) for _ in range(2))
+    dD, dbias = (u.new_zeros((slots, u.shape[1])) for _ in range(2))
+    (fu, fd, fg, fB, fC), st = _flat((u, delta, gy, B, C))
+    _launch(k.backward_parallel, slots, tasks, block, B.shape[1], fu, fd, fg, fB, fC, st, _np(A.t().contiguous()),
+            _np(D.contiguous()), _np(delta_bias.contiguous()), bool(delta_softplus), int(chunk),
+            _np(states.contiguous()), _np(du), _np(ddelta), _np(dAt), _np(dB), _np(dC), _np(dD), _np(dbias))
+    # one sum of the per-thread partials
+    dA, dB, dC, dD, dbias = (t.sum(0) if slots > 1 else t[0] for t in (dAt, dB, dC, dD, dbias))
+    return du, ddelta, dA.t().contiguous(), dB, dC, dD, dbias
+
+
+@torch.library.register_fake("evmamba::cpu_scan_backward")
+def _(u, delta, A, B, C, D, delta_bias, states, gy, delta_softplus, chunk):
+    return (u.new_empty(u.shape), u.new_empty(u.shape), A.new_empty(A.shape), B.new_empty(B.shape),
+            C.new_empty(C.shape), D.new_empty(D.shape), delta_bias.new_empty(delta_bias.shape))
+
+
+def _setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, delta_bias, delta_softplus, chunk = inputs
+    ctx.delta_softplus, ctx.chunk = delta_softplus, chunk
+    ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, output[1])
+
+
+def _backward(ctx, gy, _gstates):
+    u, delta, A, B, C, D, delta_bias, states = ctx.saved_tensors
+    grads = cpu_scan_backward(u, delta, A, B, C, D, delta_bias, states, gy, ctx.delta_softplus, ctx.chunk)
+    return (*grads, None, None)
+
+
+torch.library.register_autograd("evmamba::cpu_scan", _backward, setup_context=_setup_context)
+cpu_scan = torch.ops.evmamba.cpu_scan
+cpu_scan_backward = torch.ops.evmamba.cpu_scan_backward
+
+
+def run_kernel(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, chunk=None):
+    """The fused scan in float32 (inputs cast to it), returned in u's dtype; B, C (batch, groups, N, L) or
+    (batch, N, L); states kept every `chunk` tokens (default CHUNK)."""
+    chunk = CHUNK if chunk is None else chunk
+    out_dtype = u.dtype
+    f32 = torch.float32
+    if B.dim() == 3:
+        B, C = B.unsqueeze(1), C.unsqueeze(1)
+    zeros = u.new_zeros(u.shape[1], dtype=f32)
+    D = zeros if D is None else D.to(f32)
+    delta_bias = zeros if delta_bias is None else delta_bias.to(f32)
+    y, _ = cpu_scan(u.to(f32), delta.to(f32), A.to(f32), B.to(f32), C.to(f32), D, delta_bias,
+                    bool(delta_softplus), chunk)
+    return y.to(out_dtype)
+
+
+def selective_scan_cpu_fused(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):
+    if u.device.type != "cpu":
+        raise ValueError(f"the cpu_fused backend runs on CPU tensors only; these are on {u.device}: use "
+                         "backend='auto' or 'torch'")
+    if not available():
+        raise RuntimeError(f"the cpu_fused backend is unavailable: {unavailable_reason}; "
+                           "`pip install -r requirements.txt` installs numba, or use backend='torch'")
+    if u.dtype == torch.float64:
+        from . import _announce
+        from .torch_scan import selective_scan_torch
+        _announce("cpu_fused-f64", "selective scan: the cpu_fused kernel computes in float32; float64 tensors "
+                  "run the torch backend")
+        return selective_scan_torch(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    return run_kernel(u, delta, A, B, C, D, delta_bias, delta_softplus)

@@ -13,8 +13,8 @@
     model.set_scan_precision("autocast")                   # bf16 scan inputs under autocast (default float32)
 """
 from .checkpoint import describe_checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
-from .errors import CheckpointError, CheckpointMismatchError
-from .factory import PRETRAINED, build_model, create, model_from_checkpoint
+from .errors import CheckpointError, CheckpointMismatchError, DesignMismatchError
+from .factory import PRETRAINED, Fit, build, build_model, create, fit, model_from_checkpoint
 from .families import FamilyRoutes, Route, register_scan, scans, unregister_scan
 from .imagenet import IMAGENET_MEAN, IMAGENET_STD, class_names, preprocess
 from .model import STAGE_LAYOUTS, VARIANTS, EfficientVMamba, ModelConfig, Weights, count_parameters
@@ -33,8 +33,8 @@ def count_flops(model, image_size=224, batch_size: int = 1):
 
 
 __all__ = ["BACKENDS", "IMAGENET_MEAN", "IMAGENET_STD", "PRETRAINED", "SCANS", "STAGE_LAYOUTS", "VARIANTS",
-           "CheckpointError", "CheckpointMismatchError", "EfficientVMamba", "FamilyRoutes", "ModelConfig", "Route",
-           "ScanRoutes", "Weights",
-           "build_model", "class_names", "count_flops", "count_parameters", "create", "describe_checkpoint",
-           "load_checkpoint", "model_from_checkpoint", "preprocess", "read_checkpoint", "register_scan",
+           "CheckpointError", "CheckpointMismatchError", "DesignMismatchError", "EfficientVMamba", "FamilyRoutes",
+           "Fit", "ModelConfig", "Route", "ScanRoutes", "Weights",
+           "build", "build_model", "class_names", "count_flops", "count_parameters", "create", "describe_checkpoint",
+           "fit", "load_checkpoint", "model_from_checkpoint", "preprocess", "read_checkpoint", "register_scan",
            "save_checkpoint", "scan_routes", "scans", "selective_scan", "study_models", "unregister_scan"]

@@ -10,4 +10,13 @@ class CheckpointMismatchError(CheckpointError):
     """A checkpoint whose keys or shapes do not fit the model."""
 
 
-__all__ = ["CheckpointError", "CheckpointMismatchError"]
+class DesignMismatchError(ValueError):
+    """A design that the chosen weights cannot honour; `differences` names each field ("scan='es2d' (chosen:
+    'ss2d')")."""
+
+    def __init__(self, message: str, differences: list[str]):
+        super().__init__(message)
+        self.differences = differences
+
+
+__all__ = ["CheckpointError", "CheckpointMismatchError", "DesignMismatchError"]

@@ -59,32 +59,25 @@ def study_model_meta(source: str) -> dict:
     return _read(name)[1]
 
 
-def load_study_model(source: str, variant: str | None = None, **options):
-    """The study model `source` ("study:NAME"), in eval mode, with its class names and preprocessing in
-    `model.weights`. Options may repeat the stored design (or set backend/drop_path); any other value
-    raises a ValueError that says what the weights were trained as."""
-    from .factory import create
-    from .model import InputSpec, ModelConfig
+def read_study_model(source: str) -> tuple[dict, dict, dict]:
+    """(design, state, metadata) of the study model `source` ("study:NAME"): its ModelConfig fields (all of
+    them, defaults included), its weights as a state dict, and what the file says about them. Building the
+    model is the factory's (evmamba.factory.fit and build)."""
+    from .model import ModelConfig
     meta = study_model_meta(source)
-    stored = dict(meta["model"])
-    given = dict(options, **({"variant": variant} if variant is not None else {}))
-    free = ("backend", "drop_path")
-    stored_config = ModelConfig(**stored).validate()
-    conflicts = [f"{k}={v!r}" for k, v in given.items() if k not in free
-                 and getattr(ModelConfig(**{**stored, k: v}).validate(), k) != getattr(stored_config, k)]
-    if conflicts:
-        raise ValueError(f"{source} was trained as {stored_config.call()} ({meta['design']}); "
-                         f"{', '.join(conflicts)} would change that design: drop those options")
-    config = ModelConfig.from_options("build_model", **{**stored, **{k: v for k, v in given.items() if k in free}})
     state, _ = _read(source.removeprefix(PREFIX))
-    model = create(config, weights=state).eval()
-    model.weights = dataclasses.replace(
-        model.weights, source=source, seed=None, class_names=tuple(meta["class_names"]),
-        preprocess=functools.partial(task_preprocess, size=meta["image_size"]),
-        inputs=InputSpec(meta["image_size"], "stretch", (TASK_MEAN,) * 3, (TASK_STD,) * 3),
-        task=f"the {meta['task']} task ({meta['image_size']}x{meta['image_size']}, procedural)")
-    return model
+    design = dataclasses.asdict(ModelConfig(**meta["model"]).validate())
+    return design, state, meta
 
 
-__all__ = ["PREFIX", "STUDY_DIR", "TASK_MEAN", "TASK_STD", "is_study_name", "load_study_model", "study_model_meta",
-           "study_models", "task_preprocess"]
+def study_weights(source: str, meta: dict) -> dict:
+    """The `Weights` fields (evmamba.model.Weights) of a study model: its class names, task and inputs."""
+    from .model import InputSpec
+    return dict(source=source, seed=None, class_names=tuple(meta["class_names"]),
+                preprocess=functools.partial(task_preprocess, size=meta["image_size"]),
+                inputs=InputSpec(meta["image_size"], "stretch", (TASK_MEAN,) * 3, (TASK_STD,) * 3),
+                task=f"the {meta['task']} task ({meta['image_size']}x{meta['image_size']}, procedural)")
+
+
+__all__ = ["PREFIX", "STUDY_DIR", "TASK_MEAN", "TASK_STD", "is_study_name", "read_study_model", "study_model_meta",
+           "study_models", "study_weights", "task_preprocess"]

@@ -56,13 +56,47 @@ def test_erf_with_random_weights(client):
 
 
 def test_study_weights_carry_their_design(client):
-    with pytest.raises(AppError, match=r"study:markers-ss2d was trained as another design: scan='ss2d' "
-                                       r"\(chosen: 'es2d'\); set those in the model settings"):
+    with pytest.raises(AppError, match=r"study:markers-ss2d was trained as another design: scan='es2d' "
+                                       r"\(weights: 'ss2d'\); set those in the model settings"):
         client.predict(weights="study:markers-ss2d", api_name="/erf")
     _, _, info, _ = client.predict(weights="study:markers-ss2d", scan="ss2d", level="mixer", api_name="/erf")
     assert "scan SS2D" in info and "study:markers-ss2d" in info
     with pytest.raises(AppError, match="task images are the test images of a study model's task"):
         client.predict(weights="random", inputs="task images", api_name="/erf")
+
+
+@pytest.mark.parametrize("api", ["/erf", "/attribution", "/hidden_attention"])
+def test_a_design_the_weights_cannot_honour_is_refused_by_name(client, api):
+    """Not dropped: with the study's tiny ES2D weights, a base SS2D request is refused before any cost
+    estimate (which would otherwise be made for a model that never runs)."""
+    with pytest.raises(AppError, match=r"study:markers was trained as another design: variant='base' \(weights: "
+                                       r"'tiny'\), scan='ss2d' \(weights: 'es2d'\)"):
+        client.predict(weights="study:markers", variant="base", scan="ss2d", api_name=api)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(weights_dir, tmp_path_factory):
+    """A tiny checkpoint in the server's allowed folder, and one to upload."""
+    import evmamba
+    evmamba.save_checkpoint(evmamba.build_model("tiny", seed=5), weights_dir / "defaults.pth")
+    upload = tmp_path_factory.mktemp("upload") / "mine.pth"
+    evmamba.save_checkpoint(evmamba.build_model("tiny", seed=6), upload)
+    return {"folder": dict(weights=str(weights_dir / "defaults.pth")),
+            "upload": dict(weights_upload=handle_file(str(upload)))}
+
+
+@pytest.mark.parametrize("kind", ["random", "study", "folder", "upload"])
+@pytest.mark.parametrize("api", ["/erf", "/attribution", "/hidden_attention"])
+def test_every_model_endpoint_answers_each_weights_kind_at_its_defaults(client, checkpoints, api, kind):
+    weights = {"random": dict(weights="random"), "study": {}, **checkpoints}[kind]
+    info = client.predict(**weights, api_name=api)[-1 if api != "/erf" else 2]
+    named = {"random": "; random weights (seed 0)", "study": "; weights from study:markers, trained on the markers",
+             "folder": "; weights from defaults.pth (in ", "upload": "; weights from mine.pth\n"}[kind]
+    assert named in info
+    suited = {"random": "random", "study": "task images", "folder": "natural images", "upload": "natural images"}
+    image = {"random": "chelsea", "study": "markers test image 0", "folder": "chelsea", "upload": "chelsea"}
+    assert (f"inputs: {suited[kind]}, suited to the weights (8 averaged)" if api == "/erf"
+            else f"image: {image[kind]}") in info
 
 
 def test_erf_per_route_positions_for_ss2d_mixer(client):
@@ -129,8 +163,8 @@ BAD = [
     ("/partition", dict(upload="notes.txt"), "Invalid file type"),
     ("/partition", dict(upload="fake.png"), "cannot read fake.png as an image"),
     # checkpoints in the folder the server allows (--weights-dir): their contents may be described
-    ("/erf", dict(weights="small.pth"), r"small.pth \(in .*\) is an EfficientVMamba-small checkpoint whose design "
-                                        r"differs from the one chosen: variant='small' \(chosen: 'tiny'\)"),
+    ("/erf", dict(weights="small.pth"), r"small.pth \(in .*\) holds another design \(build_model\('small'\)\): "
+                                        r"variant='tiny' \(weights: 'small'\); set those in the model settings"),
     ("/erf", dict(weights="corrupt.pth"), "is not a readable PyTorch checkpoint"),
     ("/erf", dict(weights="missing.pth"), "checkpoint file not found"),
     ("/erf", dict(row=500, col=3), r"outside the 8x8 output grid"),

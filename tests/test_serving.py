@@ -104,7 +104,7 @@ def test_a_request_over_budget_is_refused_before_it_starts(client, monkeypatch):
     monkeypatch.setattr(SETTINGS, "max_cost", 5.0)
     started = []
     monkeypatch.setattr(jobs, "_in_a_slot", lambda *a: started.append(a))
-    monkeypatch.setattr(models, "_build", lambda *a: started.append(a))  # not even the model is built
+    monkeypatch.setattr(models, "build", lambda *a, **k: started.append(a))  # not even the model is built
     with pytest.raises(AppError, match=r"this attribution would take about \d+ s on this server, more than the 5 s "
                                        r"it allows per request: choose fewer methods"):
         client.predict(weights="random", variant="base", scan="ss2d", methods=["Integrated Gradients", "SmoothGrad"],

@@ -57,10 +57,10 @@ area ratios, and accuracy on procedural training tasks, next to the paper's refe
 """
 
 
-def image_inputs(default: str):
+def image_inputs(default: str, choices=tuple(views.SAMPLES)):
     with gr.Row():
         # custom values reach the handler, which refuses them in a short message
-        sample = gr.Dropdown(views.SAMPLES, value=default, label="sample image", allow_custom_value=True)
+        sample = gr.Dropdown(list(choices), value=default, label="sample image", allow_custom_value=True)
         upload = gr.File(label="or upload an image", file_types=["image"], type="filepath", height=100)
     return sample, upload
 
@@ -88,7 +88,6 @@ def build_demo() -> gr.Blocks:
                     f"(SS2D). Running on **{SETTINGS.device}**.")
         design, model_inputs = model_panel()
         scan_widget, step_widget = design[1], design[2]
-        weights_widget = model_inputs[len(design)]
 
         with gr.Tabs():
             with gr.Tab("Skip-sampling"):
@@ -98,7 +97,7 @@ def build_demo() -> gr.Blocks:
                         p_h = gr.Slider(2, MAX_GRID, value=8, step=1, label="grid height (56: stage 1 at 224x224)")
                         p_w = gr.Slider(2, MAX_GRID, value=8, step=1, label="grid width")
                         p_step = gr.Slider(1, MAX_STEP, value=2, step=1, label="step p (ES2D) or window side (windows)")
-                        p_sample, p_upload = image_inputs("astronaut")
+                        p_sample, p_upload = image_inputs("astronaut", views.SAMPLES[1:])
                         p_go = gr.Button("Draw", variant="primary")
                         p_info = gr.Markdown()
                     with gr.Column(scale=2):
@@ -117,10 +116,11 @@ def build_demo() -> gr.Blocks:
                     e_row = gr.Number(value=-1, precision=0, label="output row (-1: centre)")
                     e_col = gr.Number(value=-1, precision=0, label="output column (-1: centre)")
                 with gr.Row():
-                    start = views.inputs_for(W.default())
-                    e_inputs = gr.Radio(list(views.INPUTS), value=start, label="inputs",
-                                        info="task images: the test images of a study model's task")
-                    e_count = gr.Slider(1, MAX_IMAGES, value=8 if start == "task images" else 1, step=1,
+                    e_inputs = gr.Radio(list(views.INPUTS), value=views.SUITED, label="inputs",
+                                        info="suited to the weights: a study model's task images, natural "
+                                             "images for other trained weights, random inputs for random weights")
+                    study = W.study_design(W.default()) is not None  # task images: average over 8 on load
+                    e_count = gr.Slider(1, MAX_IMAGES, value=8 if study else 1, step=1,
                                         label="images to average over")
                     e_go = gr.Button("Compute", variant="primary")
                     e_more = gr.Button("Average over 8 images")
@@ -136,14 +136,13 @@ def build_demo() -> gr.Blocks:
                 e_in = model_inputs + [e_level, e_stage, e_block, e_row, e_col, e_inputs, e_count]
                 e_out = [e_fig, e_table, e_info, e_picker, e_shape]
                 e_go.click(views.erf_view, e_in, e_out, api_name="erf")
-                weights_widget.change(views.inputs_for, weights_widget, e_inputs, **PRIVATE)
                 e_more.click(lambda: 8, None, e_count, **PRIVATE).then(views.erf_view, e_in, e_out, **PRIVATE)
                 e_picker.select(views.pick_position, e_shape, [e_row, e_col], **PRIVATE).then(
                     views.erf_view, e_in, e_out, **PRIVATE)
 
             with gr.Tab("Attribution"):
                 with gr.Row():
-                    a_sample, a_upload = image_inputs(views.default_sample())
+                    a_sample, a_upload = image_inputs(views.SUITED)
                     a_target = gr.Number(value=-1, precision=0, label="class id (-1: the top class)")
                     a_methods = gr.CheckboxGroup(list(views.ATTRIBUTION_METHODS),
                                                  value=["Integrated Gradients", "Saliency"], label="methods")
@@ -164,7 +163,7 @@ def build_demo() -> gr.Blocks:
                     h_route = gr.Dropdown(views.routes_of(), value="all", label="route", allow_custom_value=True)
                     h_row = gr.Number(value=-1, precision=0, label="query row (-1: centre)")
                     h_col = gr.Number(value=-1, precision=0, label="query column (-1: centre)")
-                    h_sample, h_upload = image_inputs(views.default_sample())
+                    h_sample, h_upload = image_inputs(views.SUITED)
                     h_go = gr.Button("Show", variant="primary")
                 h_row_fig = gr.Plot(label="the query's attention over the image")
                 h_matrix = gr.Plot(label="attention matrices (scan order and image order)")
@@ -180,8 +179,8 @@ def build_demo() -> gr.Blocks:
                 with gr.Row():
                     b_table = gr.Dropdown(tables, value=tables[0], label="table")
                     b_filters = filter_widgets(views.ablation_tables())
-                    columns = views.chart_columns(tables[0])
-                    b_column = gr.Dropdown(columns, value=columns[0] if columns else None, label="chart column")
+                    b_column = gr.Dropdown(views.chart_columns(tables[0]), value=views.chart_default(tables[0]),
+                                           label="chart column")
                     b_go = gr.Button("Show", variant="primary")
                 b_info = gr.Markdown()
                 b_df = gr.Dataframe(label="ablation table (filtered)", wrap=True)

@@ -8,11 +8,10 @@ import dataclasses
 import threading
 from collections import OrderedDict
 
-from evmamba.checkpoint import describe_checkpoint, read_checkpoint
-from evmamba.errors import CheckpointMismatchError
-from evmamba.factory import PRETRAINED, create, imagenet_weights
+from evmamba.checkpoint import read_checkpoint
+from evmamba.errors import CheckpointMismatchError, DesignMismatchError
+from evmamba.factory import Fit, build, fit
 from evmamba.model import ModelConfig
-from evmamba.study_models import load_study_model, study_model_meta
 
 from . import weights as W
 from .settings import SETTINGS
@@ -27,60 +26,60 @@ def clear():
         _CACHE.clear()
 
 
-def _design_difference(fits: dict, config: ModelConfig) -> list[str]:
-    """The fields (other than the class count) where a checkpoint's design differs from the chosen one."""
-    chosen = config.validate()
-    fitted = ModelConfig(**{**dataclasses.asdict(chosen), **fits}).validate()
-    return [f"{f.name}={getattr(fitted, f.name)!r} (chosen: {getattr(chosen, f.name)!r})"
-            for f in dataclasses.fields(ModelConfig)
-            if f.name != "num_classes" and getattr(fitted, f.name) != getattr(chosen, f.name)]
-
-
-def _build(config: ModelConfig, weights: W.Weights | None, seed: int):
+def _fit(config: ModelConfig, weights: W.Weights | None) -> Fit:
+    """The design that runs (evmamba.factory.fit): the panel's design fields are all given, so a value the
+    weights cannot honour is refused with its name; the class count comes from the weights."""
+    options = {f.name: getattr(config, f.name) for f in dataclasses.fields(ModelConfig) if "column" in f.metadata}
+    options["backend"] = config.backend
     if weights is None:
-        return create(config, seed=seed)
-    if weights.kind == "study":  # its design, task classes and inputs come with it
-        differ = _design_difference(study_model_meta(weights.source)["model"], config)
-        if differ:
-            raise ValueError(f"{weights.source} was trained as another design: {', '.join(differ)}; set those in "
-                             "the model settings, or choose random weights for the design chosen")
-        return load_study_model(weights.source, backend=config.backend)
-    ckpt = read_checkpoint(weights.source, max_bytes=SETTINGS.hub_max_bytes)
-    fits = describe_checkpoint(ckpt)
-    differ = _design_difference(fits, config)
-    if differ:
-        raise ValueError(f"{weights.label} is an EfficientVMamba-{fits.get('variant', '?')} checkpoint whose design "
-                         f"differs from the one chosen: {', '.join(differ)}; set those in the model settings")
-    config = dataclasses.replace(config, num_classes=fits.get("num_classes", config.num_classes))
+        return fit(None, num_classes=config.num_classes, **options)
+    source = weights.source if weights.kind == "study" else read_checkpoint(weights.source,
+                                                                             max_bytes=SETTINGS.hub_max_bytes)
     try:
-        model = create(config, weights=ckpt)
-    except CheckpointMismatchError:
-        raise ValueError(f"{weights.label} does not fit the chosen model: its keys or shapes differ (is it an "
-                         "EfficientVMamba checkpoint?)") from None
-    if weights.source in PRETRAINED.values():
-        imagenet_weights(model)
-    return model
+        return fit(source, label=weights.label, **options)
+    except DesignMismatchError as e:
+        raise ValueError(f"{e}; set those in the model settings, or choose random weights for the design "
+                         "chosen") from None
 
 
-def get(config: ModelConfig, weights: W.Weights | None, seed: int):
+def _key(config: ModelConfig, weights: W.Weights | None, seed: int):
+    return config.validate(), None if weights is None else weights.key, seed if weights is None else None, \
+        SETTINGS.device
+
+
+def get(config: ModelConfig, weights: W.Weights | None, seed: int, check=None):
     """(model, description) for the panel's settings, from the cache or built now (eval mode, on the app's
-    device)."""
-    config = config.validate()
-    key = (config, None if weights is None else weights.key, seed if weights is None else None, SETTINGS.device)
+    device). check(config, size) runs before anything is built (the budget: it raises to refuse), on the
+    design that will run and the input side its weights expect."""
+    key = _key(config, weights, seed)
     with _LOCK:
-        if key in _CACHE:
+        cached = _CACHE.get(key)
+        if cached is not None:
             _CACHE.move_to_end(key)
-            return _CACHE[key]
+    if cached is not None:
+        if check is not None:
+            check(cached[0].config, cached[0].weights.inputs.size)
+        return cached
+    planned = _fit(config, weights)
+    if check is not None:
+        check(planned.config, planned.image_size)
+    with _LOCK:
         building = _BUILDING.setdefault(key, threading.Lock())
     with building:
         with _LOCK:
             if key in _CACHE:
                 return _CACHE[key]
-        model = _build(config, weights, seed).to(SETTINGS.device).eval()
+        try:
+            model = build(planned, seed=seed)
+        except CheckpointMismatchError:
+            raise ValueError(f"{weights.label} does not fit the chosen model: its keys or shapes differ (is it an "
+                             "EfficientVMamba checkpoint?)") from None
+        model = model.to(SETTINGS.device).eval()
         built = model.config
         what = (f"EfficientVMamba-{built.variant} " + ", ".join(f"{k} {v}" for k, v in built.shown().items()
                                                                if k != "variant" and v != "-")
-                + f"; {model.weights.describe()}")
+                + "; " + (model.weights.describe() if weights is None  # an upload by its name, not the server's path
+                          else model.weights.describe().replace(weights.source, weights.label)))
         with _LOCK:
             _CACHE[key] = (model, what)
             while len(_CACHE) > max(1, SETTINGS.cached_models):

@@ -90,8 +90,8 @@ def design(values: dict) -> ModelConfig:
 
 def _wrap(fn, extra: list[inspect.Parameter], make, default=_default, check=None):
     """A handler with the design fields, `extra` and fn's own parameters (after the ones `make` fills) as its
-    signature (what Gradio names the API's parameters by), calling fn(*make(values), **its own); `check`
-    (values, own parameters) runs first, before anything is built."""
+    signature (what Gradio names the API's parameters by), calling fn(*make(values, own parameters), **its
+    own); `check` (values, own parameters) runs first, before anything is built."""
     own = list(inspect.signature(fn).parameters.values())[make.consumes:]
     fields = [inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default(f)) for f in DESIGN]
     signature = inspect.Signature(fields + extra + own)
@@ -102,9 +102,10 @@ def _wrap(fn, extra: list[inspect.Parameter], make, default=_default, check=None
         return dict(bound.arguments), {p.name: bound.arguments[p.name] for p in own}
 
     def prepare(values, rest):
+        own_values = {k: v for k, v in rest.items() if k != "progress"}
         if check is not None:
-            check(values, {k: v for k, v in rest.items() if k != "progress"})
-        return make(values)
+            check(values, own_values)
+        return make(values, own_values)
 
     if inspect.iscoroutinefunction(fn):
         async def handler(*args, **kwargs):
@@ -131,20 +132,23 @@ def _maker(consumes):
 
 
 @_maker(1)
-def _design_only(values):
+def _design_only(values, _own):
     return (design(values),)
 
 
-@_maker(2)
-def _with_model(values):
-    config = design(values)
-    chosen = W.resolve(values["weights"], values["weights_upload"])
-    seed = whole(values["seed"], "seed", 0, 2**31 - 1)
-    return models.get(config, chosen, seed)
+def _with_model(budget):
+    @_maker(2)
+    def make(values, own):
+        config = design(values)
+        chosen = W.resolve(values["weights"], values["weights_upload"])
+        seed = whole(values["seed"], "seed", 0, 2**31 - 1)
+        check = None if budget is None else (lambda planned, size: budget(planned, size=size, **own))
+        return models.get(config, chosen, seed, check=check)
+    return make
 
 
 @_maker(1)
-def _filters(values):
+def _filters(values, _own):
     return ({f.name: values[f.name] for f in DESIGN if values[f.name] not in (None, "", "all")},)
 
 
@@ -178,19 +182,14 @@ def takes_model(fn=None, *, budget=None):
     """A handler fn(model, what, ...) becomes one whose parameters are the design fields, the weights
     choice (default: the first study model, see weights.default), an uploaded checkpoint and the seed of
     random weights, then fn's own. budget(config, size=input side, **fn's own parameters) is called before
-    the model is built (to refuse a request over budget at no cost); for a study model it gets the model's
-    own design and input size."""
+    the model is built (to refuse a request over budget at no cost), on the design that will run: the one
+    chosen, which the weights must fit (evmamba.factory.fit), and the input side the weights expect."""
     if fn is None:
         return functools.partial(takes_model, budget=budget)
     extra = [inspect.Parameter("weights", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=W.default()),
              inspect.Parameter("weights_upload", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
              inspect.Parameter("seed", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=0)]
-    def check(values, rest):  # a study model's own design and input size, else the panel's at 224
-        trained = W.study_design(values["weights"]) if not values["weights_upload"] else None
-        config, size = trained or (design(values), 224)
-        budget(config, size=size, **rest)
-
-    return _wrap(fn, extra, _with_model, check=None if budget is None else check)
+    return _wrap(fn, extra, _with_model(budget))
 
 
 __all__ = ["DESIGN", "MODEL_EXTRA", "design", "design_of", "takes_design", "takes_model", "widgets"]

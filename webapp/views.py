@@ -54,25 +54,32 @@ def task_image(name: str) -> np.ndarray:
     return study_pictures(source, 1, index)[0]
 
 
-SAMPLES = [*task_samples(), *sample_names()]
+SUITED = "suited to the weights"  # the default of every input choice: follows the model the request runs on
+SAMPLES = [SUITED, *task_samples(), *sample_names()]
 ATTRIBUTION_METHODS = {"Integrated Gradients": "integrated_gradients", "Saliency": "saliency",
                        "Input x Gradient": "input_x_gradient", "SmoothGrad": "smoothgrad"}
 IG_STEPS, SMOOTHGRAD_SAMPLES = 24, 8
-INPUTS = ("random", "natural images", "task images")
+INPUTS = (SUITED, "random", "natural images", "task images")
 
 
 # ---- inputs -------------------------------------------------------------------------------------------
-def default_sample() -> str:
-    """The first test image of the default weights' task (a study model), else the photograph chelsea."""
-    from . import weights as W
-    task = next((m["task"] for n, m in W._study().items() if n == W.default()), None)
+def suited_sample(model) -> str:
+    """The sample image that suits a model: its task's first test image for a study model, else the
+    photograph chelsea."""
+    source = getattr(model.weights, "source", None) or ""
+    task = next((m["task"] for n, m in _study_models().items() if n == source), None)
     return next((n for n in task_samples() if n.startswith(f"{task} test image")), "chelsea")
 
 
-def pick_image(sample: str, upload) -> tuple[np.ndarray, str | None, str]:
-    """(picture, note, name) from an uploaded file if there is one, else the chosen sample (None: the
-    default sample, see default_sample)."""
-    sample = default_sample() if sample is None else sample
+def _study_models() -> dict:
+    from . import weights as W
+    return W._study()
+
+
+def pick_image(sample: str, upload, suited: str) -> tuple[np.ndarray, str | None, str]:
+    """(picture, note, name) from an uploaded file if there is one, else the chosen sample (SUITED or None:
+    the sample named `suited`)."""
+    sample = suited if sample in (None, SUITED) else sample
     if upload:
         path = upload if isinstance(upload, str) else getattr(upload, "name", str(upload))
         if os.path.getsize(path) > MAX_IMAGE_BYTES:
@@ -83,11 +90,26 @@ def pick_image(sample: str, upload) -> tuple[np.ndarray, str | None, str]:
         except ValueError as e:  # name the file as the user knows it, not by the server's temporary path
             raise ValueError(str(e).replace(path, os.path.basename(path))) from None
         return picture, note, os.path.basename(path)
-    if sample in (None, ""):
+    if sample == "":
         raise ValueError("no image: upload one, or choose a sample image")
     if sample in task_samples():
         return task_image(sample), None, sample
-    return fit_image(choice(sample, "sample image", SAMPLES))[0], None, sample
+    return fit_image(choice(sample, "sample image", SAMPLES[1:]))[0], None, sample
+
+
+LABEL_BOX_INCHES = 0.35  # Gradio draws a plot's label over the top-left corner of the figure
+
+
+def below_label(fig):
+    """The figure with a clear band at its top for Gradio's label box, so its title stays readable."""
+    height = fig.get_figheight()
+    top = height / (height + LABEL_BOX_INCHES)
+    fig.set_figheight(height + LABEL_BOX_INCHES)
+    fig.get_layout_engine().set(rect=(0, 0, 1, top))
+    title = fig.get_suptitle()
+    if title:  # matplotlib keeps a suptitle at its own height, outside the layout's rectangle
+        fig.suptitle(title, y=top, va="top", size=fig._suptitle.get_size())
+    return fig
 
 
 def notes(*items) -> str:
@@ -105,7 +127,7 @@ def partition_view(scan="ES2D", height=8, width=8, step=2, sample="astronaut", u
     if param and step > max(height, width):
         raise ValueError(f"{scan}'s {param} {step} is larger than the {height}x{width} grid: the picture would "
                          f"be mostly padding; choose a {param} of at most {max(height, width)}")
-    picture, note, name = pick_image(sample, upload)
+    picture, note, name = pick_image(sample, upload, "astronaut")
     routes = evmamba.scan_routes(scan, height, width, step)
     main = partition_plotly(routes, picture, frames=40 if routes.tokens_read <= 16384 else 20)
     main.update_layout(width=None, autosize=True, margin=dict(t=130),
@@ -131,13 +153,13 @@ def _natural(count: int):
     return [names[i % len(names)] for i in range(count)]
 
 
-def inputs_for(weights) -> str:
-    """The receptive-field inputs that suit a weights choice: a study model's task images, natural images
-    for other trained weights, random inputs for random weights."""
-    from . import weights as W
-    if W.study_design(weights) is not None:
+def inputs_for(model) -> str:
+    """The receptive-field inputs that suit a model: a study model's task images, natural images for other
+    trained weights, random inputs for random weights."""
+    source = model.weights.source
+    if source in _study_models():
         return "task images"
-    return "random" if weights in (None, "", W.RANDOM) else "natural images"
+    return "natural images" if model.weights.trained else "random"
 
 
 def erf_budget(config, level="stage", count=1, size=224, **_):
@@ -152,7 +174,7 @@ def erf_budget(config, level="stage", count=1, size=224, **_):
 
 @shows_errors
 @takes_model(budget=erf_budget)
-async def erf_view(model, what, level="stage", stage=0, block=0, row=-1, col=-1, inputs="random", count=1,
+async def erf_view(model, what, level="stage", stage=0, block=0, row=-1, col=-1, inputs=SUITED, count=1,
                    progress=gr.Progress()):
     level = choice(level, "level", erf_lib.LEVELS)
     count = whole(count, "number of images", 1, MAX_IMAGES)
@@ -162,6 +184,8 @@ async def erf_view(model, what, level="stage", stage=0, block=0, row=-1, col=-1,
     if (row < 0) != (col < 0):
         raise ValueError("set both the output row and column, or both to -1 for the centre")
     inputs = choice(inputs, "inputs", INPUTS)
+    suited = inputs == SUITED
+    inputs = inputs_for(model) if suited else inputs
     source = "random"
     if inputs == "natural images":
         source = _natural(count)
@@ -173,8 +197,10 @@ async def erf_view(model, what, level="stage", stage=0, block=0, row=-1, col=-1,
     info = notes(what, f"level {level}: {result.module}; output grid {result.output_grid[0]}x"
                  f"{result.output_grid[1]}, position {result.requested}; area ratios in RepLKNet's convention "
                  "(and the cell-centred one beside them); click the map on the right to pick another output "
-                 "position", *result.notes)
-    return (erf_figure([result]), result.table().round(4), info, picker_image(result),
+                 "position", f"inputs: {inputs}" + (", suited to the weights" if suited else "")
+                 + f" ({count} averaged)",
+                 *result.notes)
+    return (below_label(erf_figure([result])), result.table().round(4), info, picker_image(result),
             (*result.input_shape, *result.output_grid))
 
 
@@ -234,9 +260,9 @@ def _attribute(model, picture, target, methods, progress):
 
 @shows_errors
 @takes_model(budget=attribution_budget)
-async def attribution_view(model, what, sample=None, upload=None, target=-1,
+async def attribution_view(model, what, sample=SUITED, upload=None, target=-1,
                            methods=("Integrated Gradients", "Saliency"), progress=gr.Progress()):
-    picture, note, name = pick_image(sample, upload)
+    picture, note, name = pick_image(sample, upload, suited_sample(model))
     chosen = _methods(methods)
     target = whole(target, "class", -1, model.num_classes - 1)
     prediction = attr_lib.predict(model, picture)
@@ -245,7 +271,7 @@ async def attribution_view(model, what, sample=None, upload=None, target=-1,
                                         progress=progress)
     info = notes(what, prediction.note, note, f"image: {name}; attributions for class {att.target} "
                  f"({att.target_name})")
-    return (top, attribution_figure(att), route_contribution_figure(contributions),
+    return (top, below_label(attribution_figure(att)), below_label(route_contribution_figure(contributions)),
             contributions.round(4), info)
 
 
@@ -259,14 +285,14 @@ def attention_budget(config, route="all", size=224, **_):
 
 @shows_errors
 @takes_model(budget=attention_budget)
-async def hidden_attention_view(model, what, mixer=0, route="all", row=-1, col=-1, sample=None, upload=None,
+async def hidden_attention_view(model, what, mixer=0, route="all", row=-1, col=-1, sample=SUITED, upload=None,
                                 progress=gr.Progress()):
     mixers = model.mixers()
     if not mixers:
         raise ValueError("this model has no scan mixer (all stages are inverted-residual blocks): choose a "
                          "layout with EVSS stages")
     mixer = whole(mixer, "mixer", 0, len(mixers) - 1)
-    picture, note, name = pick_image(sample, upload)
+    picture, note, name = pick_image(sample, upload, suited_sample(model))
     k = mixers[mixer][1].num_routes
     routes = None if route in (None, "", "all") else [whole(route, "route", 0, k - 1)]
     atts = await jobs.run(att_lib.model_hidden_attention, model, picture, mixer=mixer, routes=routes, reduce="mean",
@@ -278,7 +304,7 @@ async def hidden_attention_view(model, what, mixer=0, route="all", row=-1, col=-
     row, col = (h // 2, w // 2) if row < 0 else (row, col)
     info = notes(what, f"{mixers[mixer][0]}: a {h}x{w} map; query ({row}, {col}); the mean of alpha over "
                  f"{atts[0].channels} channels", note, f"image: {name}")
-    return attention_row_figure(atts, (row, col)), hidden_attention_figure(atts), info
+    return below_label(attention_row_figure(atts, (row, col))), below_label(hidden_attention_figure(atts)), info
 
 
 def routes_of(scan="es2d", step=2) -> list[str]:
@@ -326,10 +352,27 @@ def chart_columns(table) -> list[str]:
     return numeric_columns(tables[table]) if table in tables else []
 
 
+FIRST_COMPARED = ("accuracy", "top-1", "FLOPs", "throughput")  # what a visitor compares first, in this order
+
+
+def chart_default(table) -> str | None:
+    """The column a table's chart opens on: the first accuracy, top-1, FLOPs or throughput column whose rows differ
+    (a chart of equal bars compares nothing), else the first column that holds numbers."""
+    from ablations.browse import numeric_columns
+    tables = ablation_tables()
+    if table not in tables:
+        return None
+    df, columns = tables[table], numeric_columns(tables[table])
+    for word in FIRST_COMPARED:
+        for c in columns:
+            if word in c and df[c].dropna().nunique() > 1:
+                return c
+    return columns[0] if columns else None
+
+
 def table_columns(table):
     """The chart-column dropdown for another table (an internal event)."""
-    columns = chart_columns(table)
-    return gr.update(choices=columns, value=columns[0] if columns else None)
+    return gr.update(choices=chart_columns(table), value=chart_default(table))
 
 
 @shows_errors

@@ -241,3 +241,23 @@ def test_several_users_at_once(client):
     results = [job.result(timeout=600) for job in jobs]
     assert "output grid 8x8" in results[0][2] and "level mixer" in results[1][2]
     assert "6x8 grid" in results[2][3] and "query (4, 4)" in results[3][2] and "SS2D on a 8x8" in results[4][3]
+
+
+def test_figures_leave_a_band_for_the_label_box():
+    from matplotlib.figure import Figure
+
+    from webapp.views import LABEL_BOX_INCHES, below_label
+    fig = Figure(figsize=(4, 2), layout="constrained")
+    ax = fig.subplots()
+    ax.set_title("panel")
+    fig.suptitle("a title")
+    fig.draw_without_rendering()
+    before = ax.get_position().y1 * 2  # inches from the bottom
+    below_label(fig)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    band = fig.get_figheight() - LABEL_BOX_INCHES
+    assert fig.get_figheight() == 2 + LABEL_BOX_INCHES
+    assert abs(ax.get_position().y1 * fig.get_figheight() - before) < 1e-9  # the axes stays where it was
+    for artist in (fig._suptitle, ax.title):
+        assert artist.get_window_extent(renderer).y1 / fig.dpi <= band + 1e-6  # nothing in the band

@@ -101,14 +101,20 @@ LABEL_BOX_INCHES = 0.35  # Gradio draws a plot's label over the top-left corner 
 
 
 def below_label(fig):
-    """The figure with a clear band at its top for Gradio's label box, so its title stays readable."""
+    """The figure laid out as it is, then given a clear band at its top for Gradio's label box (the layout
+    is frozen, the canvas grows upwards, and every axes and figure text keeps its place in inches)."""
+    fig.draw_without_rendering()  # runs the layout engine once
+    fig.set_layout_engine("none")
     height = fig.get_figheight()
-    top = height / (height + LABEL_BOX_INCHES)
+    shrink = height / (height + LABEL_BOX_INCHES)
     fig.set_figheight(height + LABEL_BOX_INCHES)
-    fig.get_layout_engine().set(rect=(0, 0, 1, top))
-    title = fig.get_suptitle()
-    if title:  # matplotlib keeps a suptitle at its own height, outside the layout's rectangle
-        fig.suptitle(title, y=top, va="top", size=fig._suptitle.get_size())
+    for ax in fig.axes:
+        box = ax.get_position()
+        ax.set_position([box.x0, box.y0 * shrink, box.width, box.height * shrink])
+    for text in fig.texts:  # the suptitle is one of them
+        if text.get_transform() is fig.transSubfigure:
+            x, y = text.get_position()
+            text.set_position((x, y * shrink))
     return fig
 
 

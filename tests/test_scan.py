@@ -1,6 +1,8 @@
 """Selective-scan backends: the torch and cpu_fused backends against the plain reference loop, gradients,
 errors, and the fallback when the fused kernel cannot be built."""
 import logging
+import os
+import subprocess
 import sys
 
 import pytest
@@ -180,6 +182,55 @@ def test_without_numba_auto_falls_back_to_torch_with_one_message(numba_hidden, c
     assert available_backends("cpu") == ["reference", "torch"]
     with pytest.raises(RuntimeError, match="cpu_fused backend is unavailable: numba could not be imported"):
         selective_scan(**x, backend="cpu_fused")
+
+
+# a fresh interpreter in which numba cannot be imported, as on a machine where it is not installed
+WITHOUT_NUMBA = """
+import importlib.abc, logging, sys
+class NoNumba(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("numba", "llvmlite"):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+sys.meta_path.insert(0, NoNumba())
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+import torch, evmamba
+from evmamba.scan import resolve_backend
+model = evmamba.build_model("tiny", num_classes=3)
+print(resolve_backend("auto", "cpu"), tuple(model(torch.randn(2, 3, 32, 32)).shape))
+"""
+
+
+def test_a_fresh_process_without_numba_runs_the_model_on_the_torch_backend():
+    out = subprocess.run([sys.executable, "-c", WITHOUT_NUMBA], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[0] == "torch (2, 3)"
+    said = [line for line in out.stderr.splitlines() if "cpu_fused" in line]
+    assert len(said) == 1, out.stderr
+    assert "unavailable (numba could not be imported (ModuleNotFoundError" in said[0] and "torch backend" in said[0]
+
+
+LOAD_KERNEL = """
+import logging
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+from evmamba.scan import cpu_fused
+print(cpu_fused.kernels() is not None, cpu_fused.cache_dir())
+"""
+
+
+def test_the_kernel_compiles_once_into_a_fresh_user_cache(tmp_path):
+    """A new machine: no cache yet. The first process says it is compiling and fills the user's cache
+    folder (created on the way); the next one loads the kernel from it without compiling."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    runs = [subprocess.run([sys.executable, "-c", LOAD_KERNEL], capture_output=True, text=True, env=env,
+                           timeout=600) for _ in range(2)]
+    folder = tmp_path / "cache" / "evmamba" / "numba"
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.split() == ["True", str(folder)]
+    assert "compiling the cpu_fused kernel" in runs[0].stderr and "kernel ready in" in runs[0].stderr
+    assert "compiling" not in runs[1].stderr
+    assert list(folder.rglob("_cpu_kernels.*.nbi"))
 
 
 def test_errors_name_the_problem():

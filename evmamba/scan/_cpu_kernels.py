@@ -1,8 +1,7 @@
 """The numba kernels of the `cpu_fused` backend (imported only by evmamba.scan.cpu_fused, which handles a
 missing numba). forward_tasks and backward_tasks run one thread's share of tasks; forward_parallel and
-backward_parallel hand the shares to numba's threads (its OpenMP layer where it has one: on Linux the
-same OpenMP runtime as torch's, so the two never spin against each other). A task is one (batch element,
-group, block of R channels of the group).
+backward_parallel hand the shares to numba's threads (its OpenMP layer where it has one). A task is one
+(batch element, group, block of R channels of the group).
 
 Shapes: u, dl (delta before bias and softplus), gy: (batch, channels, L); Bm, Cm: (batch, groups, N, L).
 These five are passed as flat float32 buffers with their strides (rows of `st`: u, dl, gy, B, C; the

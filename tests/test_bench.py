@@ -16,3 +16,19 @@ def test_compile_cases_run_eager_and_compiled():
     assert name == "tiny ES2D 32x32 batch 1 forward" and set(fns) == {"eager", "compiled"}
     for fn in fns.values():
         fn()
+
+
+def test_comparison_gives_each_backend_and_each_ratio():
+    m = {"scan L=784 forward": {"reference": 0.08, "torch": 0.01, "cpu_fused": 0.0025}}
+    text = bench.comparison(m, ("reference", "torch", "cpu_fused"), [("reference", "torch"), ("torch", "cpu_fused")])
+    assert text.splitlines() == [
+        "| case | reference (ms) | torch (ms) | cpu_fused (ms) | torch vs reference | cpu_fused vs torch |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| scan L=784 forward | 80.0 | 10.0 | 2.5 | 8.0x | 4.0x |"]
+
+
+def test_scan_cases_cover_the_study_and_224_shapes():
+    cases = bench.scan_cases([784], study_shapes=[(64, 96, 16)])
+    assert list(cases) == ["scan batch 64 d=96 L=16 forward", "scan batch 64 d=96 L=16 forward+backward",
+                           "scan L=784 forward", "scan L=784 forward+backward"]
+    assert set(cases["scan L=784 forward"]) == {"reference", "torch", "cpu_fused"}

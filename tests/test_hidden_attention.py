@@ -197,3 +197,16 @@ def test_figures(tiny):
         assert a.route_name in ax.get_title()
     with pytest.raises(ValueError, match=r"query must be \(row, col\)"):
         attention_row_figure(atts, 8)
+
+
+def test_large_matrices_are_drawn_as_cell_means():
+    from evmamba.analysis import hidden_attention_figures as F
+    small = np.arange(16.0).reshape(4, 4)
+    assert np.array_equal(F._shown(small), small.astype(np.float32))
+    side = F.MAX_SIDE * 2 + 1  # k = 3: cells of 3 x 3, the last ones padded
+    m = np.random.default_rng(0).random((side, side)).astype(np.float32)
+    m[:3, :3] = np.nan  # a cell the route does not read
+    shown = F._shown(m)
+    assert shown.shape == (-(-side // 3),) * 2 and np.isnan(shown[0, 0])
+    assert np.isclose(shown[1, 2], m[3:6, 6:9].mean())
+    assert np.isclose(shown[-1, -1], m[-2:, -2:].mean())  # 1025 = 341 * 3 + 2: padding left out of the mean

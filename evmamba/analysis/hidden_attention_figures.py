@@ -9,6 +9,8 @@ signed ("mean") matrices use a diverging map with the same scaling of |x|.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from matplotlib import patheffects
 from matplotlib.figure import Figure
@@ -18,6 +20,7 @@ from .hidden_attention import HiddenAttention
 from .style import paper_style, route_colour
 
 MAX_COLUMNS = 4
+MAX_SIDE = 512  # matrices larger than this are shown as means over k x k cells (a panel is ~200 px wide)
 
 
 def _scaled(x, exponent):
@@ -26,6 +29,23 @@ def _scaled(x, exponent):
     if top <= 0:
         return np.where(np.isnan(x), np.nan, 0.0)
     return np.sign(x) * (np.abs(x) / top) ** exponent
+
+
+def _shown(matrix) -> np.ndarray:
+    """An L x L matrix as drawn: itself up to MAX_SIDE, else the mean of each k x k cell (k = ceil(L /
+    MAX_SIDE); NaN, for positions a route does not read, left out of the means), so a 3136-token route
+    is not resampled from ~10 M values per panel."""
+    m = np.asarray(matrix, dtype=np.float32)
+    k = -(-max(m.shape) // MAX_SIDE)
+    if k == 1:
+        return m
+    rows, cols = -(-m.shape[0] // k) * k, -(-m.shape[1] // k) * k
+    padded = np.full((rows, cols), np.nan, np.float32)
+    padded[:m.shape[0], :m.shape[1]] = m
+    cells = padded.reshape(rows // k, k, cols // k, k)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a cell of NaN only stays NaN
+        return np.nanmean(cells, axis=(1, 3))
 
 
 def _as_list(atts):
@@ -69,12 +89,15 @@ def hidden_attention_figure(atts, *, exponent: float = 0.5, title: str | None = 
         img = None
         for j, a in enumerate(atts):
             top, bottom = axes[0, j], axes[1, j]
-            img = top.imshow(_scaled(a.matrix, exponent), cmap=cmap, vmin=vmin, vmax=1, interpolation="antialiased")
+            extent = (-0.5, a.length - 0.5, a.length - 0.5, -0.5)  # axes in tokens, however the matrix is shown
+            img = top.imshow(_scaled(_shown(a.matrix), exponent), cmap=cmap, vmin=vmin, vmax=1,
+                             interpolation="antialiased", extent=extent)
             _route_title(top, a)
             top.set_xlabel("key step s (reading order)")
             top.set_ylabel("query step t" if j == 0 else "")
             image_order, _ = a.image_order()
-            bottom.imshow(_scaled(image_order, exponent), cmap=cmap, vmin=vmin, vmax=1, interpolation="antialiased")
+            bottom.imshow(_scaled(_shown(image_order), exponent), cmap=cmap, vmin=vmin, vmax=1,
+                          interpolation="antialiased", extent=extent)
             bottom.set_xlabel("key (image raster order)")
             bottom.set_ylabel("query (image raster order)" if j == 0 else "")
             for ax in (top, bottom):

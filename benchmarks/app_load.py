@@ -4,7 +4,7 @@ honour, cancelled requests, bursts, and rounds of varied calls, against a server
 names the kind of answer it expects (answered, refused as not allowed, refused for its cost, refused for
 its design, refused for its input); a row answered otherwise is marked FAILED and the script exits 1, as it
 does when the server's peak memory (its high-water mark) passes --max-memory. Prints one table (each row's
-latency and the server's resident memory after it), with the machine and revision.
+latency, the server's resident memory after it and its peak so far), with the machine and revision.
 
     python benchmarks/app_load.py                    # about 10 minutes on 2 CPU cores
     python benchmarks/app_load.py --rounds 2 --burst 10
@@ -126,9 +126,11 @@ def table(rows, peak, max_memory) -> str:
     from evmamba.bench import machine
     lines = [f"Measured on {machine()}, revision {revision()}; server peak resident memory {peak:.0f} MB "
              f"(limit {max_memory} MB).", "",
-             "| test | expected | result | latency (s) | server memory (MB) |", "| --- | --- | --- | ---: | ---: |"]
-    for test, expected, result, seconds, memory in rows:
-        lines.append(f"| {test} | {expected} | {str(result).replace('|', '/')} | {seconds:.1f} | {memory:.0f} |")
+             "| test | expected | result | latency (s) | server memory after (MB) | server peak so far (MB) |",
+             "| --- | --- | --- | ---: | ---: | ---: |"]
+    for test, expected, result, seconds, memory, high in rows:
+        lines.append(f"| {test} | {expected} | {str(result).replace('|', '/')} | {seconds:.1f} | {memory:.0f} "
+                     f"| {high:.0f} |")
     return "\n".join(lines)
 
 
@@ -170,8 +172,10 @@ def main(argv=None) -> int:
                     kind, result = kind_of(message), f"error: {message[:150]}"
                 if kind != expected:
                     result = f"FAILED ({kind}): {result}"
-                rows.append((test, expected, result, time.perf_counter() - t, rss_mb(proc.pid)))
-                print(f"{test}: {result} ({rows[-1][3]:.1f} s, {rows[-1][4]:.0f} MB)", flush=True)
+                rows.append((test, expected, result, time.perf_counter() - t, rss_mb(proc.pid),
+                             rss_mb(proc.pid, "VmHWM")))
+                print(f"{test}: {result} ({rows[-1][3]:.1f} s, {rows[-1][4]:.0f} MB, peak so far {rows[-1][5]:.0f} MB)",
+                      flush=True)
 
             def call(api, **kwargs):
                 return client.predict(api_name=api, **kwargs)
@@ -241,7 +245,7 @@ def main(argv=None) -> int:
             proc.wait(30)
     over = peak > args.max_memory
     rows.append(("peak resident memory over the run", f"at most {args.max_memory} MB",
-                 ("FAILED: " if over else "") + f"{peak:.0f} MB", 0.0, rows[-1][4]))
+                 ("FAILED: " if over else "") + f"{peak:.0f} MB", 0.0, rows[-1][4], peak))
     text = table(rows, peak, args.max_memory)
     print("\n" + text)
     if args.readme:

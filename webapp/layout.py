@@ -13,6 +13,10 @@ from .panel import design_of, filter_widgets, widgets
 from .settings import MAX_GRID, MAX_IMAGES, MAX_STEP, SETTINGS
 
 PRIVATE = dict(api_visibility="private")  # the page's own events: not callable through the API
+# every event that computes with a model, in one Gradio concurrency group: at most --concurrency of them run
+# at once, building their model and drawing their figures included (each event's own limit would let the
+# three model tabs and the page's private events run side by side, each with its figures in memory)
+MODEL = dict(concurrency_id="model")
 
 ABOUT = """
 ### What the pictures mean
@@ -135,10 +139,11 @@ def build_demo() -> gr.Blocks:
                 e_shape = gr.State(None)
                 e_in = model_inputs + [e_level, e_stage, e_block, e_row, e_col, e_inputs, e_count]
                 e_out = [e_fig, e_table, e_info, e_picker, e_shape]
-                e_go.click(views.erf_view, e_in, e_out, api_name="erf")
-                e_more.click(lambda: 8, None, e_count, **PRIVATE).then(views.erf_view, e_in, e_out, **PRIVATE)
+                e_go.click(views.erf_view, e_in, e_out, api_name="erf", **MODEL)
+                e_more.click(lambda: 8, None, e_count, **PRIVATE).then(views.erf_view, e_in, e_out, **PRIVATE,
+                                                                        **MODEL)
                 e_picker.select(views.pick_position, e_shape, [e_row, e_col], **PRIVATE).then(
-                    views.erf_view, e_in, e_out, **PRIVATE)
+                    views.erf_view, e_in, e_out, **PRIVATE, **MODEL)
 
             with gr.Tab("Attribution"):
                 with gr.Row():
@@ -155,7 +160,7 @@ def build_demo() -> gr.Blocks:
                     a_routes = gr.Plot(label="logit change with one scan direction removed")
                     a_table = gr.Dataframe(label="per-direction contribution")
                 a_go.click(views.attribution_view, model_inputs + [a_sample, a_upload, a_target, a_methods],
-                           [a_top, a_maps, a_routes, a_table, a_info], api_name="attribution")
+                           [a_top, a_maps, a_routes, a_table, a_info], api_name="attribution", **MODEL)
 
             with gr.Tab("Hidden attention"):
                 with gr.Row():
@@ -170,7 +175,7 @@ def build_demo() -> gr.Blocks:
                 h_info = gr.Markdown()
                 h_go.click(views.hidden_attention_view,
                            model_inputs + [h_mixer, h_route, h_row, h_col, h_sample, h_upload],
-                           [h_row_fig, h_matrix, h_info], api_name="hidden_attention")
+                           [h_row_fig, h_matrix, h_info], api_name="hidden_attention", **MODEL)
                 for widget in (scan_widget, step_widget):  # the routes of the model chosen
                     widget.change(views.route_choices, [scan_widget, step_widget], h_route, **PRIVATE)
 
@@ -195,7 +200,8 @@ def build_demo() -> gr.Blocks:
                         n_go = gr.Button("Measure")
                     n_df = gr.Dataframe(label="measured in this session")
                     n_state = gr.State(None)
-                    n_go.click(views.measure_view, [*n_design, n_state], [n_df, n_state], api_name="measure_row")
+                    n_go.click(views.measure_view, [*n_design, n_state], [n_df, n_state], api_name="measure_row",
+                               **MODEL)
 
             with gr.Tab("About"):
                 gr.Markdown(ABOUT)
@@ -204,7 +210,7 @@ def build_demo() -> gr.Blocks:
         # trained one when the study's models are shipped), so each tab opens with something to look at
         demo.load(views.partition_view, p_in, p_out, **PRIVATE).then(
             views.ablation_view, b_in, [b_df, b_chart, b_info], **PRIVATE).then(
-            views.erf_view, e_in, e_out, **PRIVATE)
+            views.erf_view, e_in, e_out, **PRIVATE, **MODEL)
     return demo
 
 

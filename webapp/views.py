@@ -256,8 +256,10 @@ def attribution_budget(config, methods=(), size=224, **_):
 
 
 def _attribute(model, picture, target, methods, progress):
+    # images per pass: at 224x224 each one's forward+backward holds ~100 MB of activations, so one at a time
+    batch = 4 if model.weights.inputs.size <= 112 else 1
     att = attr_lib.attributions(model, picture, target=target, methods=methods, n_steps=IG_STEPS,
-                                smoothgrad_samples=SMOOTHGRAD_SAMPLES, batch_size=4, bar=False,
+                                smoothgrad_samples=SMOOTHGRAD_SAMPLES, batch_size=batch, bar=False,
                                 progress=lambda f, desc=None: progress(0.8 * f, desc=desc))
     contributions = attr_lib.route_contributions(model, picture, target=att.target, bar=False,
                                                  progress=lambda f, desc=None: progress(0.8 + 0.2 * f, desc=desc))

@@ -128,6 +128,21 @@ def stage(b, c0, r_n, t0, n_t, u, dl, gy, st, bias, softplus, row_dt, row_sig, d
                 gyt[t, r] = grow[t]
 
 
+@njit(cache=True, error_model="numpy")
+def task_block(k, blocks, groups, per_group, R, st, At, D, Ab, Db):
+    """Task k's batch element b, group g, first channel c0 and channel count r_n, and the offsets of its B
+    and C rows; its channels' A (transposed) and D copied into Ab, Db."""
+    p = k % blocks
+    b = (k // blocks) // groups
+    g = (k // blocks) % groups
+    c0 = g * per_group + p * R
+    r_n = min(R, per_group - p * R)
+    for i in range(At.shape[0]):
+        Ab[i, :r_n] = At[i, c0:c0 + r_n]
+    Db[:r_n] = D[c0:c0 + r_n]
+    return b, g, c0, r_n, b * st[3, 0] + g * st[3, 1], b * st[4, 0] + g * st[4, 1]
+
+
 @njit(_SIG_FORWARD, cache=True, nogil=True, fastmath=_FAST, error_model="numpy")
 def forward_tasks(k0, k1, R, groups, u, dl, Bm, Cm, st, At, D, bias, softplus, T, y, states):
     """Tasks k0..k1: y and the chunk-start states."""
@@ -143,16 +158,8 @@ def forward_tasks(k0, k1, R, groups, u, dl, Bm, Cm, st, At, D, bias, softplus, T
     Db = np.empty(R, np.float32)
     no_gy = np.empty(0, np.float32)
     for k in range(k0, k1):
-        p = k % blocks
-        b = (k // blocks) // groups
-        g = (k // blocks) % groups
-        c0 = g * per_group + p * R
-        r_n = min(R, per_group - p * R)
+        b, _, c0, r_n, ob, oc = task_block(k, blocks, groups, per_group, R, st, At, D, Ab, Db)
         h[:, :] = _ZERO
-        for i in range(n):
-            Ab[i, :r_n] = At[i, c0:c0 + r_n]
-        Db[:r_n] = D[c0:c0 + r_n]
-        ob, oc = b * st[3, 0] + g * st[3, 1], b * st[4, 0] + g * st[4, 1]
         j = 0
         for t0 in range(0, length, T):
             n_t = min(T, length - t0)
@@ -201,19 +208,11 @@ def backward_tasks(k0, k1, R, slot, groups, u, dl, gy, Bm, Cm, st, At, D, bias, 
     dDb, dbb = np.empty(R, np.float32), np.empty(R, np.float32)
     chunks = states.shape[1]
     for k in range(k0, k1):
-        p = k % blocks
-        b = (k // blocks) // groups
-        g = (k // blocks) % groups
-        c0 = g * per_group + p * R
-        r_n = min(R, per_group - p * R)
+        b, g, c0, r_n, ob, oc = task_block(k, blocks, groups, per_group, R, st, At, D, Ab, Db)
         carry[:, :] = _ZERO
         dAb[:, :] = _ZERO
         dDb[:] = _ZERO
         dbb[:] = _ZERO
-        for i in range(n):
-            Ab[i, :r_n] = At[i, c0:c0 + r_n]
-        Db[:r_n] = D[c0:c0 + r_n]
-        ob, oc = b * st[3, 0] + g * st[3, 1], b * st[4, 0] + g * st[4, 1]
         for j in range(chunks - 1, -1, -1):
             t0 = j * T
             n_t = min(T, length - t0)

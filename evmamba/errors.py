@@ -11,8 +11,8 @@ class CheckpointMismatchError(CheckpointError):
 
 
 class DesignMismatchError(ValueError):
-    """A design that the chosen weights cannot honour; `differences` names each field ("scan='es2d' (chosen:
-    'ss2d')")."""
+    """A design that the chosen weights cannot honour; `differences` names each field given and what the
+    weights hold ("scan='ss2d' (weights: 'es2d')")."""
 
     def __init__(self, message: str, differences: list[str]):
         super().__init__(message)

@@ -20,6 +20,7 @@ from evmamba.analysis.images import DEFAULT_SAMPLES, fit_image, sample_names
 from evmamba.analysis.partition_plotly import partition_plotly, regrouped_plotly, scan_comparison_plotly
 from evmamba.checks import choice
 from evmamba.families import family, scans
+from evmamba.study_models import is_study_name, study_model_meta
 
 from . import jobs
 from .errors import shows_errors
@@ -66,14 +67,9 @@ INPUTS = (SUITED, "random", "natural images", "task images")
 def suited_sample(model) -> str:
     """The sample image that suits a model: its task's first test image for a study model, else the
     photograph chelsea."""
-    source = getattr(model.weights, "source", None) or ""
-    task = next((m["task"] for n, m in _study_models().items() if n == source), None)
+    source = model.weights.source
+    task = study_model_meta(source)["task"] if is_study_name(source) else None
     return next((n for n in task_samples() if n.startswith(f"{task} test image")), "chelsea")
-
-
-def _study_models() -> dict:
-    from . import weights as W
-    return W._study()
 
 
 def pick_image(sample: str, upload, suited: str) -> tuple[np.ndarray, str | None, str]:
@@ -162,8 +158,7 @@ def _natural(count: int):
 def inputs_for(model) -> str:
     """The receptive-field inputs that suit a model: a study model's task images, natural images for other
     trained weights, random inputs for random weights."""
-    source = model.weights.source
-    if source in _study_models():
+    if is_study_name(model.weights.source):
         return "task images"
     return "natural images" if model.weights.trained else "random"
 
@@ -364,13 +359,10 @@ FIRST_COMPARED = ("accuracy", "top-1", "FLOPs", "throughput")  # what a visitor 
 
 
 def chart_default(table) -> str | None:
-    """The column a table's chart opens on: the first accuracy, top-1, FLOPs or throughput column whose rows differ
-    (a chart of equal bars compares nothing), else the first column that holds numbers."""
-    from ablations.browse import numeric_columns
-    tables = ablation_tables()
-    if table not in tables:
-        return None
-    df, columns = tables[table], numeric_columns(tables[table])
+    """The column a table's chart opens on: the first accuracy, top-1, FLOPs or throughput column whose rows
+    differ (a chart of equal bars compares nothing), else the first column that holds numbers."""
+    columns = chart_columns(table)
+    df = ablation_tables().get(table)
     for word in FIRST_COMPARED:
         for c in columns:
             if word in c and df[c].dropna().nunique() > 1:

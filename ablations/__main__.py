@@ -7,6 +7,7 @@
     python -m ablations grid [--quick]                          the rows and what each mode measures
     python -m ablations train --data texture --scan ss2d --steps 200 --out runs/x
     python -m ablations study [--mode pilot|gpu]                trained designs, seeds, controls, report
+    python -m ablations calibrate [--rungs NAME ...]            the long-range ladder: ES2D vs scan-free
     torchrun --nproc_per_node 4 -m ablations train --data /data/imagenet --epochs 300 --image-size 224 ...
 """
 from __future__ import annotations
@@ -132,6 +133,46 @@ def _study_parser(sub):
     return p
 
 
+def _calibrate_parser(sub):
+    from .pipeline import DEFAULT_CACHE
+    text = ("train ES2D and the scan-free control on each rung of the long-range ladder (study.toml's "
+            "[calibration]) and write the calibration table")
+    p = sub.add_parser("calibrate", help=text, description=text + ". Run again to resume; finished runs are reused.")
+    p.add_argument("--rungs", nargs="+", default=None, metavar="NAME", help="only these rungs (default: all)")
+    p.add_argument("--out", type=Path, default=None, help="table folder (default: assets/study/calibration)")
+    p.add_argument("--study", type=Path, default=None, help="study file (default: ablations/study.toml)")
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"finished runs (default: {DEFAULT_CACHE})")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--jobs", type=int, default=None, help="training processes (default: one per CPU core, at most 8)")
+    p.add_argument("--no-train", action="store_true", help="table from finished runs only")
+    p.add_argument("--smoke", action="store_true", help="every rung for a few steps (its numbers mean nothing)")
+    p.add_argument("--no-bar", action="store_true", help="no progress bars")
+    return p
+
+
+def _calibrate(args, argv) -> int:
+    import os
+
+    import torch
+
+    from .calibration import calibrate, load_ladder, smoke_ladder
+    from .pipeline import command_line
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    jobs = args.jobs if args.jobs is not None else min(os.cpu_count() or 1, 8)
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {jobs}")
+    ladder = load_ladder(args.study)
+    if args.smoke:
+        ladder = smoke_ladder(ladder)
+    out = args.out or Path(__file__).resolve().parent.parent / "assets" / "study" / "calibration"
+    started = time.perf_counter()
+    table = calibrate(ladder, cache=args.cache, out=out, device=device, jobs=jobs, names=args.rungs,
+                      bar=not args.no_bar, command=command_line(argv), train=not args.no_train)
+    print(f"calibration: {len(table['rungs'])} rungs, chosen: {table['chosen'] or 'none'}; table in {out} "
+          f"({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m ablations", description=__doc__.split("\n\n")[0],
@@ -145,6 +186,7 @@ def main(argv=None) -> int:
     g.add_argument("--grid", type=Path, default=None)
     _train_parser(sub)
     _study_parser(sub)
+    _calibrate_parser(sub)
     args = parser.parse_args(argv)
 
     try:
@@ -155,6 +197,8 @@ def main(argv=None) -> int:
         if args.command == "study":
             from .study_report import study_command
             return study_command(args, argv)
+        if args.command == "calibrate":
+            return _calibrate(args, argv)
         return _pipeline(args, argv)
     except ValueError as e:
         parser.exit(2, f"python -m ablations {args.command}: error: {e}\n")

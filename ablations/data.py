@@ -17,18 +17,20 @@ from torch.utils.data import Dataset
 
 from evmamba.study_models import TASK_MEAN, TASK_STD  # the procedural images live in [0, 1] around grey
 
-from .tasks import TASKS, _check, draw_image
+from .image_cache import TaskImages
+from .tasks import TASKS, _check
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 
 class TaskDataset(Dataset):
-    """Images start..start+count-1 of task `name`'s stream for `seed`, drawn when asked for (so a large
-    count costs no memory)."""
+    """Images start..start+count-1 of task `name`'s stream for `seed`, read through the image cache
+    (ablations/image_cache.py: drawn once, kept as uint8 on disk, memory-mapped)."""
 
-    def __init__(self, name: str, count: int, size: int, seed: int, start: int = 0):
+    def __init__(self, name: str, count: int, size: int, seed: int, start: int = 0, cache=None):
         _check(name, count, size, seed)
         self.name, self.count, self.size, self.seed, self.start = name, count, size, seed, start
+        self.images = TaskImages(name, size, seed, start, count, cache)
         self.info = TASKS[name]
         self.heads = self.info.heads
         self.head_names = self.info.head_names
@@ -41,9 +43,8 @@ class TaskDataset(Dataset):
         pass  # a task image is the same in every epoch
 
     def __getitem__(self, i):
-        img, labels, _ = draw_image(self.name, self.size, self.seed, self.start + int(i))
-        x = (torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)) - TASK_MEAN) / TASK_STD
-        return x, torch.tensor(labels)
+        img = torch.from_numpy(self.images.image(int(i)).astype(np.float32)) / 255
+        return (img - TASK_MEAN) / TASK_STD, torch.from_numpy(np.array(self.images.labels(int(i))))
 
     def describe(self) -> str:
         last = self.start + self.count - 1

@@ -174,6 +174,7 @@ def run_study(mode: StudyMode, *, cache, device: str = "cpu", jobs: int = 1, thr
     if todo and not train:
         raise RuntimeError(f"{len(todo)} of the study's runs are not in {cache} and training is off")
     todo.sort(key=lambda item: -item.estimate)  # longest first
+    warm_images(todo, jobs=jobs, bar=bar)
     threads = threads or (1 if device == "cpu" else 4)
     failures = []
     with tqdm(total=len(todo), desc=f"{mode.name} runs", disable=not bar or not todo) as pbar:
@@ -190,6 +191,22 @@ def run_study(mode: StudyMode, *, cache, device: str = "cpu", jobs: int = 1, thr
     if failures:
         raise RuntimeError("some study runs failed:\n  " + "\n  ".join(failures))
     return results
+
+
+def warm_images(todo, *, jobs: int = 1, bar: bool = True) -> None:
+    """Draw into the image cache every training and test image the items will read, before training (so
+    the runs do not draw, and the drawing shows its progress)."""
+    from .image_cache import warm
+    from .train import TrainConfig
+    ranges = set()
+    for item in todo:
+        c = TrainConfig.from_dict(item.config)
+        if c.data in TASKS:
+            test_seed, test_start = c.test_split()
+            ranges.add((c.data, c.image_size, c.seed, 0, c.train_images))
+            ranges.add((c.data, c.image_size, test_seed, test_start, c.test_images))
+    for name, size, seed, start, count in sorted(ranges):
+        warm(name, size, seed, start, count, bar=bar, jobs=jobs)
 
 
 # ---- statistics ---------------------------------------------------------------------------------------------

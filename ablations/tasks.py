@@ -65,6 +65,9 @@ class TaskInfo:
     head_names: tuple
     class_names: tuple  # per head, a tuple of class names
     description: str
+    # the generator's version: bumped whenever a change to the drawing changes the task's images (it keys
+    # the image cache, ablations/image_cache.py)
+    version: int = 1
 
 
 _ORIENTATION_NAMES = tuple(f"{a} deg" for a in ORIENTATIONS)
@@ -81,8 +84,19 @@ TASKS = {
                                 "a grating in the middle third between the two markers: its orientation, and "
                                 "whether the markers match"),
 }
+# The long-range ladder: mazes of n x n cells, and contour integration with more long paths.
+MAZE_SIDES = (4, 5, 6, 8)
+for _n in MAZE_SIDES:
+    TASKS[f"maze-{_n}"] = TaskInfo(
+        f"maze-{_n}", "global", (2,), ("reachable",), (("blocked", "reachable"),),
+        f"a maze of {_n}x{_n} cells (1-px walls) with one extra wall and two marked cells: can one mark be "
+        "reached from the other? Both classes have the same number of walls; the extra wall is on the "
+        "marks' path (blocked) or off it (reachable)")
+TASKS["contours-3"] = TaskInfo(
+    "contours-3", "global", (2,), ("connected",), (("apart", "connected"),),
+    "contours with three long paths and twice the distractors: are two dots the two ends of one path?")
 # Which task and label head measures which ability (the tables' accuracy columns).
-HEAD_ABILITY = {"orientation": "local", "match": "global", "connected": "global"}
+HEAD_ABILITY = {"orientation": "local", "match": "global", "connected": "global", "reachable": "global"}
 
 
 @dataclass
@@ -223,18 +237,21 @@ def dots_connected(mask: np.ndarray, a, b, bridge: int = 2) -> bool:
         reach = nxt
 
 
-def _contours(rng, size, labels):
+def _contours(rng, size, labels, long_paths=2, distractors=1):
+    """`long_paths` curves of 1.4 x size px and `distractors` x size/16 short ones; the dots on path 0's
+    start and on the end of path 0 (connected) or of path 1 (apart)."""
     connected = labels[0]
     attempt = 0
     for attempt in range(1, 1001):  # noqa: B007 - the count is reported in the details
-        long_paths = [_path(rng, size, 1.4 * size) for _ in range(2)]
-        distractors = [_path(rng, size, 0.4 * size) for _ in range(max(1, size // 16))]
-        ends = [tuple(np.round(long_paths[0][0]).astype(int)),
-                tuple(np.round(long_paths[0 if connected else 1][-1]).astype(int))]
+        longs = [_path(rng, size, 1.4 * size) for _ in range(long_paths)]
+        shorts = [_path(rng, size, 0.4 * size) for _ in range(max(1, distractors * size // 16))]
+        long_paths_, distractors_ = longs, shorts
+        ends = [tuple(np.round(long_paths_[0][0]).astype(int)),
+                tuple(np.round(long_paths_[0 if connected else 1][-1]).astype(int))]
         if np.hypot(*np.subtract(*ends)) < size / 3:  # the dots at least a third of the image apart
             continue
         mask = np.zeros((size, size), dtype=bool)
-        for p in long_paths + distractors:
+        for p in long_paths_ + distractors_:
             _dashes(p, mask)
         for r, c in ends:
             mask[r, c] = True
@@ -254,7 +271,136 @@ def _contours(rng, size, labels):
     return np.clip(img, 0, 1), dict(ends=ends, mask=mask, attempts=attempt)
 
 
-_DRAW = {"texture": _texture, "markers": _markers, "contours": _contours, "texture+markers": _both}
+# ---- mazes -------------------------------------------------------------------------------------------------
+MAZE_WALL, MAZE_GROUND = 0.85, 0.1
+MAZE_MARK = (0.95, 0.1, 0.1)
+MAZE_GAP = 1  # the extra wall at least this many cells (along the path, or by rows + columns) from both marks
+
+
+def maze_tree(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A perfect maze of n x n cells (a random depth-first spanning tree): (right, down) boolean arrays of
+    open passages, right[i, j] between cells (i, j) and (i, j + 1), down[i, j] between (i, j) and (i + 1, j)."""
+    right = np.zeros((n, n - 1), dtype=bool)
+    down = np.zeros((n - 1, n), dtype=bool)
+    seen = np.zeros((n, n), dtype=bool)
+    stack = [(int(rng.integers(n)), int(rng.integers(n)))]
+    seen[stack[0]] = True
+    while stack:
+        i, j = stack[-1]
+        free = [(i + a, j + b) for a, b in ((0, 1), (1, 0), (0, -1), (-1, 0))
+                if 0 <= i + a < n and 0 <= j + b < n and not seen[i + a, j + b]]
+        if not free:
+            stack.pop()
+            continue
+        k, m = free[int(rng.integers(len(free)))]
+        if k == i:
+            right[i, min(j, m)] = True
+        else:
+            down[min(i, k), j] = True
+        seen[k, m] = True
+        stack.append((k, m))
+    return right, down
+
+
+def maze_path(right: np.ndarray, down: np.ndarray, a, b) -> list:
+    """The cells from a to b through the open passages (breadth first), or [] when b cannot be reached."""
+    n = right.shape[0]
+    parent = {tuple(a): None}
+    queue = [tuple(a)]
+    for i, j in queue:
+        if (i, j) == tuple(b):
+            out, c = [], (i, j)
+            while c is not None:
+                out.append(c)
+                c = parent[c]
+            return out[::-1]
+        steps = []
+        if j + 1 < n and right[i, j]:
+            steps.append((i, j + 1))
+        if j > 0 and right[i, j - 1]:
+            steps.append((i, j - 1))
+        if i + 1 < n and down[i, j]:
+            steps.append((i + 1, j))
+        if i > 0 and down[i - 1, j]:
+            steps.append((i - 1, j))
+        for c in steps:
+            if c not in parent:
+                parent[c] = (i, j)
+                queue.append(c)
+    return []
+
+
+def _close(right, down, c, d):
+    """Close the passage between neighbouring cells c and d (in place)."""
+    (i, j), (k, m) = sorted((tuple(c), tuple(d)))
+    if i == k:
+        right[i, j] = False
+    else:
+        down[i, j] = False
+
+
+def maze_grid(size: int, n: int) -> tuple[int, int, int]:
+    """(cell pitch in px, offset of the first wall line, row/column of the last wall line) of an n x n maze
+    drawn in a size x size image: wall lines at offset + k * pitch, the last one at most at size - 1."""
+    pitch = size // n
+    offset = (size - n * pitch) // 2
+    return pitch, offset, min(offset + n * pitch, size - 1)
+
+
+def draw_maze(right, down, marks, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(image (3, size, size), wall mask (size, size)) of a maze: 1-px wall lines between closed cells and
+    around the maze, the marked cells' interiors filled with MAZE_MARK, on a dark noisy ground."""
+    n = right.shape[0]
+    pitch, off, last = maze_grid(size, n)
+    line = [off + k * pitch for k in range(n)] + [last]
+    wall = np.zeros((size, size), dtype=bool)
+    wall[line[0], line[0]:last + 1] = wall[last, line[0]:last + 1] = True
+    wall[line[0]:last + 1, line[0]] = wall[line[0]:last + 1, last] = True
+    for i in range(n):
+        for j in range(n):
+            if j + 1 < n and not right[i, j]:
+                wall[line[i]:line[i + 1] + 1, line[j + 1]] = True
+            if i + 1 < n and not down[i, j]:
+                wall[line[i + 1], line[j]:line[j + 1] + 1] = True
+    img = MAZE_GROUND + rng.normal(0, MARKER_NOISE, size=(3, size, size))
+    img[:, wall] = MAZE_WALL
+    for i, j in marks:
+        img[:, line[i] + 1:line[i + 1], line[j] + 1:line[j + 1]] = np.asarray(MAZE_MARK)[:, None, None]
+    return np.clip(img, 0, 1), wall
+
+
+def _maze(rng, size, labels, n=8):
+    """A perfect maze, two marked cells, and one passage closed: on the marks' path (blocked, label 0) or
+    off it (reachable, 1), at least MAZE_GAP cells from both marks, so both classes have as many walls."""
+    reachable = labels[0]
+    for attempt in range(1, 1001):  # noqa: B007 - the count is reported in the details
+        right, down = maze_tree(rng, n)
+        cells = rng.choice(n * n, size=2, replace=False)
+        a, b = divmod(int(cells[0]), n), divmod(int(cells[1]), n)
+        path = maze_path(right, down, a, b)
+        far = lambda c, marks=(a, b): min(abs(c[0] - m[0]) + abs(c[1] - m[1]) for m in marks) >= MAZE_GAP  # noqa: E731
+        if reachable:
+            on = {frozenset(e) for e in zip(path, path[1:])}
+            edges = [((i, j), (i, j + 1)) for i, j in np.argwhere(right).tolist()]
+            edges += [((i, j), (i + 1, j)) for i, j in np.argwhere(down).tolist()]
+            edges = [e for e in edges if frozenset(e) not in on and far(e[0]) and far(e[1])]
+        else:
+            edges = [(c, d) for k, (c, d) in enumerate(zip(path, path[1:]))
+                     if min(k, len(path) - 2 - k) >= MAZE_GAP - 1 and far(c) and far(d)]
+        if edges:
+            break
+    else:  # pragma: no cover - a maze of 4 or more cells a side has such passages
+        raise RuntimeError(f"could not draw a {n}x{n} maze with an extra wall far from the marks")
+    cut = edges[int(rng.integers(len(edges)))]
+    _close(right, down, *cut)
+    img, wall = draw_maze(right, down, (a, b), size, rng)
+    return img, dict(marks=(a, b), cut=cut, cells=n, path=len(path), wall=wall, attempts=attempt)
+
+
+_DRAW = {"texture": _texture, "markers": _markers, "contours": _contours, "texture+markers": _both,
+         "contours-3": lambda rng, size, labels: _contours(rng, size, labels, long_paths=3, distractors=2)}
+for _n in MAZE_SIDES:
+    _DRAW[f"maze-{_n}"] = lambda rng, size, labels, n=_n: _maze(rng, size, labels, n)
 
 
 def draw_image(name: str, size: int, seed: int, index: int):
@@ -289,5 +435,6 @@ def make_task(name: str, count: int, size: int = 32, seed: int = 0, start: int =
     return TaskData(info, torch.from_numpy(images), torch.from_numpy(labels), seed, meta)
 
 
-__all__ = ["DASH", "GAP", "HEAD_ABILITY", "MARKER_COLOURS", "MARKER_SIDE", "ORIENTATIONS", "TASKS", "TaskData",
-           "TaskInfo", "dots_connected", "draw_image", "grating", "make_task", "place_markers"]
+__all__ = ["DASH", "GAP", "HEAD_ABILITY", "MARKER_COLOURS", "MARKER_SIDE", "MAZE_SIDES", "ORIENTATIONS", "TASKS",
+           "TaskData", "TaskInfo", "dots_connected", "draw_image", "draw_maze", "grating", "make_task", "maze_grid",
+           "maze_path", "maze_tree", "place_markers"]

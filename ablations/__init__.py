@@ -16,7 +16,7 @@ measure (cost columns), tables, figures, store (hashes, atomic writes, provenanc
 `all` command), config (the grid file).
 """
 from .config import load_grid, load_paper_numbers
-from .tasks import TASKS, make_task
+from .study.tasks import TASKS, make_task
 from .train import TrainConfig, train
 
 __all__ = ["TASKS", "TrainConfig", "load_grid", "load_paper_numbers", "make_task", "train"]

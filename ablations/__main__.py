@@ -109,14 +109,14 @@ def _train_parser(sub):
 
 def _study_parser(sub):
     from .pipeline import DEFAULT_CACHE
-    text = ("train the study's designs to convergence (ablations/study.toml) and write its report: "
+    text = ("train the study's designs to convergence (ablations/study/study.toml) and write its report: "
             "the CPU pilot, or every design and task on a GPU")
     p = sub.add_parser("study", help=text, description=text + ". Run again to resume; finished runs are reused.")
     p.add_argument("--mode", choices=("pilot", "gpu"), default=None,
                    help="pilot (2 CPU cores, at most 90 minutes) or gpu (one H200, at most 8 minutes); "
                         "default: gpu on a GPU, else pilot")
     p.add_argument("--out", type=Path, default=None, help="report folder (default: assets/study/MODE)")
-    p.add_argument("--study", type=Path, default=None, help="study file (default: ablations/study.toml)")
+    p.add_argument("--study", type=Path, default=None, help="study file (default: ablations/study/study.toml)")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"finished runs (default: {DEFAULT_CACHE})")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--jobs", type=int, default=None,
@@ -140,7 +140,7 @@ def _calibrate_parser(sub):
     p = sub.add_parser("calibrate", help=text, description=text + ". Run again to resume; finished runs are reused.")
     p.add_argument("--rungs", nargs="+", default=None, metavar="NAME", help="only these rungs (default: all)")
     p.add_argument("--out", type=Path, default=None, help="table folder (default: assets/study/calibration)")
-    p.add_argument("--study", type=Path, default=None, help="study file (default: ablations/study.toml)")
+    p.add_argument("--study", type=Path, default=None, help="study file (default: ablations/study/study.toml)")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"finished runs (default: {DEFAULT_CACHE})")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--jobs", type=int, default=None, help="training processes (default: one per CPU core, at most 8)")
@@ -155,8 +155,8 @@ def _calibrate(args, argv) -> int:
 
     import torch
 
-    from .calibration import calibrate, load_ladder, smoke_ladder
     from .pipeline import command_line
+    from .study.calibration import calibrate, load_ladder, smoke_ladder
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     jobs = args.jobs if args.jobs is not None else min(os.cpu_count() or 1, 8)
     if jobs < 1:
@@ -195,7 +195,7 @@ def main(argv=None) -> int:
         if args.command == "train":
             return _train(args)
         if args.command == "study":
-            from .study_report import study_command
+            from .study.report import study_command
             return study_command(args, argv)
         if args.command == "calibrate":
             return _calibrate(args, argv)

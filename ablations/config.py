@@ -198,7 +198,7 @@ def _check_mode(name: str, settings: dict) -> Mode:
     for key in FILTERS:
         for switch, allowed in settings[key].items():
             _check_values(f"[{name}] {key}", switch, allowed if isinstance(allowed, list) else [allowed])
-    from .tasks import TASKS
+    from .study.tasks import TASKS
     for t in settings["tasks"]:
         if t not in TASKS:
             raise ValueError(f"[{name}] tasks: unknown task {t!r}; valid: {', '.join(TASKS)}")

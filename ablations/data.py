@@ -17,15 +17,15 @@ from torch.utils.data import Dataset
 
 from evmamba.study_models import TASK_MEAN, TASK_STD  # the procedural images live in [0, 1] around grey
 
-from .image_cache import TaskImages
-from .tasks import TASKS, _check
+from .study.cache import TaskImages
+from .study.tasks import TASKS, _check
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 
 class TaskDataset(Dataset):
     """Images start..start+count-1 of task `name`'s stream for `seed`, read through the image cache
-    (ablations/image_cache.py: drawn once, kept as uint8 on disk, memory-mapped)."""
+    (ablations/study/cache.py: drawn once, kept as uint8 on disk, memory-mapped)."""
 
     def __init__(self, name: str, count: int, size: int, seed: int, start: int = 0, cache=None):
         _check(name, count, size, seed)

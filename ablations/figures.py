@@ -156,7 +156,7 @@ def scaling_figure(points: dict, device: str, note: str = "") -> Figure:
 
 
 def task_examples_figure(tasks: list[str], size: int, seed: int = 0, per_task: int = 6) -> Figure:
-    from .tasks import TASKS, make_task
+    from .study.tasks import TASKS, make_task
     with paper_style():
         fig = Figure(figsize=(1.0 * per_task + 1.4, 1.15 * len(tasks) + 0.3), layout="constrained")
         axes = fig.subplots(len(tasks), per_task, squeeze=False)

@@ -38,7 +38,7 @@ from .store import (
     package_versions,
     save_figure,
 )
-from .tasks import TASKS
+from .study.tasks import TASKS
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "evmamba" / "ablations"
 PNG_DPI = 150
@@ -450,7 +450,7 @@ class Pipeline:
                  f"Revision: {self.revision}. Provenance of every file: [manifest.json](manifest.json).", "",
                  "Cost columns (parameters, FLOPs at 224² in the paper's convention, time, memory, receptive "
                  "fields) are measured by this project. Accuracy columns come from short runs on procedural "
-                 f"tasks ({', '.join(m.tasks)}; see `ablations/tasks.py`) at {m.image_size}², {m.steps} steps, "
+                 f"tasks ({', '.join(m.tasks)}; see `ablations/study/tasks.py`) at {m.image_size}², {m.steps} steps, "
                  f"seeds {', '.join(map(str, m.seeds))}: they compare designs on local and long-range ability, "
                  "not ImageNet accuracy. "
                  + ("In the quick mode the runs are very short: differences smaller than the standard "

@@ -1,5 +1,5 @@
 """One run of the study's CPU pilot trained with each selective-scan backend: the same design, task, seed
-and images (ablations/study.toml, [pilot]), once with `torch` and once with `cpu_fused`, and their test
+and images (ablations/study/study.toml, [pilot]), once with `torch` and once with `cpu_fused`, and their test
 accuracies with the binomial standard error of each. The two backends compute the same scan to float32
 rounding, so the accuracies should agree within that error; the wall time of each run is printed too.
 

@@ -14,6 +14,9 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     os.environ["OMP_NUM_THREADS"] = str(_share)
     torch.set_num_threads(_share)
 
+# the task images the tests draw go to a cache of this session's own (a cold cache, as on a new machine)
+os.environ["EVMAMBA_IMAGE_CACHE"] = __import__("tempfile").mkdtemp(prefix="evmamba-task-images-")
+
 DATA = Path(__file__).parent / "data"
 sys.path.insert(0, str(DATA))
 sys.path.insert(0, str(Path(__file__).parent))

@@ -16,7 +16,7 @@ from ablations.study import (
     summarise,
     t95,
 )
-from ablations.study_report import SMOKE, excerpt_markdown, report_markdown, write_report
+from ablations.study.report import SMOKE, excerpt_markdown, report_markdown, write_report
 from evmamba.compact import compacted, dequantize, quantize, read_compact, save_compact
 
 STUDY = """
@@ -107,7 +107,7 @@ def test_a_small_study_runs_resumes_and_reports(tmp_path):
     again = run_study(mode, cache=cache, device="cpu", jobs=1, train=False, bar=False)  # all from the cache
     assert again[("ES2D", "markers", 1)]["weights_sha256"] == results[("ES2D", "markers", 1)]["weights_sha256"]
     # the kept run's weights are there, and its initial model is the trainer's (training changed it)
-    from ablations.study_analysis import initial_model, trained_model
+    from ablations.study.analysis import initial_model, trained_model
     kept = results[("ES2D", "markers", 0)]
     assert not torch.equal(trained_model(kept).layers[0].blocks[0].op.x_proj_weight,
                            initial_model(kept).layers[0].blocks[0].op.x_proj_weight)
@@ -182,7 +182,7 @@ def test_compact_files_round_trip_and_refuse_other_files(tmp_path):
 
 
 def test_smoke_settings_stay_inside_what_the_trainer_accepts():
-    from ablations.study_report import smoke_mode
+    from ablations.study.report import smoke_mode
     mode = smoke_mode(load_study().mode("gpu"))
     assert mode.train["steps"] == SMOKE["steps"] and mode.name == "gpu-smoke"
     assert all(c.validate() for *_, c in mode.configs())

@@ -10,8 +10,8 @@ import torch
 
 import evmamba
 from ablations.study import GLOBAL_CONTROL_SIGMAS, mean_std, paired_interval
-from ablations.study_report import excerpt_markdown, report_markdown
-from ablations.tasks import pictures
+from ablations.study.report import excerpt_markdown, report_markdown
+from ablations.study.tasks import pictures
 from evmamba.study_models import STUDY_DIR, study_models
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import gradio as gr
 import numpy as np
 
 import evmamba
-from ablations.study_analysis import study_pictures
+from ablations.study.analysis import study_pictures
 from evmamba.analysis import attribution as attr_lib
 from evmamba.analysis import erf as erf_lib
 from evmamba.analysis import hidden_attention as att_lib
@@ -35,7 +35,7 @@ TASK_SAMPLE_COUNT = 6  # test images of each shipped study model's task offered 
 def task_samples() -> dict:
     """{sample name: (study model, index)}: the first test images of the task of each study model shipped
     with evmamba (the images its accuracy was measured on), one set per task."""
-    from ablations.tasks import TASKS, draw_image
+    from ablations.study.tasks import TASKS, draw_image
     from evmamba.study_models import PREFIX, study_models
     out, seen = {}, set()
     for name, meta in study_models().items():

@@ -15,7 +15,7 @@ import torch
 
 from evmamba.model import ModelConfig
 
-from .data import TaskDataset
+from ..data import TaskDataset
 
 LEVELS = ("block", "stage")
 
@@ -38,7 +38,7 @@ def trained_model(run: dict):
 
 def test_images(run: dict, count: int, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised images and labels count..: the run's fixed test set (its test_seed's stream)."""
-    from .train import TrainConfig
+    from ..train import TrainConfig
     c = TrainConfig.from_dict(run["config"])
     seed, offset = c.test_split()
     data = TaskDataset(c.data, count, c.image_size, seed, start=offset + start)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from evmamba.files import atomic_write_text
 
-from .study import GLOBAL_CONTROL_SIGMAS, TRAIN_KEYS, StudyMode, load_study, run_study, summarise
+from .runner import GLOBAL_CONTROL_SIGMAS, TRAIN_KEYS, StudyMode, load_study, run_study, summarise
 from .tasks import TASKS
 
 SEPARATION = 10.0  # points the control must lose
@@ -46,9 +46,9 @@ class Ladder:
 
 
 def load_ladder(path=None) -> Ladder:
-    """Read the [calibration] section of a study file (default: ablations/study.toml)."""
-    from .config import read_toml
-    from .study import STUDY_FILE
+    """Read the [calibration] section of a study file (default: ablations/study/study.toml)."""
+    from ..config import read_toml
+    from .runner import STUDY_FILE
     path = Path(path) if path is not None else STUDY_FILE
     study = load_study(path)
     spec = read_toml(path, "study").get("calibration")
@@ -126,7 +126,7 @@ def calibrate(ladder: Ladder, *, cache, out, device: str = "cpu", jobs: int = 1,
 
 
 def write_table(out, table: dict, device: str):
-    from .store import device_description, git_revision, package_versions
+    from ..store import device_description, git_revision, package_versions
     out = Path(out)
     table = {**table, "device": device_description(device), "revision": git_revision(),
              "versions": package_versions()}

@@ -1,12 +1,12 @@
 """The trained study: designs trained to convergence on the procedural tasks, several seeds, paired
 comparisons to the released design, controls that say whether a task tests what it claims.
 
-    study = load_study()                       # ablations/study.toml
+    study = load_study()                       # ablations/study/study.toml
     mode = study.mode("pilot")                 # or "gpu"
     runs = run_study(mode, cache=..., device="cpu", jobs=2)    # trains what the cache lacks
     summary = summarise(mode, runs)            # per task: mean ± std, paired differences, controls
 
-`python -m ablations study` runs this and writes the report (ablations/study_report.py).
+`python -m ablations study` runs this and writes the report (ablations/study/report.py).
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from pathlib import Path
 
 from evmamba.model import ModelConfig
 
-from .config import FIELDS, design, read_toml
-from .items import TrainItem, run_items
-from .store import ResultStore, config_hash
+from ..config import FIELDS, design, read_toml
+from ..items import TrainItem, run_items
+from ..store import ResultStore, config_hash
 from .tasks import TASKS
 
 STUDY_FILE = Path(__file__).with_name("study.toml")
@@ -59,7 +59,7 @@ class StudyMode:
 
     def configs(self):
         """(design, task, seed, TrainConfig) for every run of this mode, task by task, seed by seed."""
-        from .train import TrainConfig
+        from ..train import TrainConfig
         out = []
         for task, names in self.runs.items():
             for seed in self.seeds:
@@ -101,7 +101,7 @@ def _design(name: str, spec) -> Design:
 
 
 def load_study(path=None) -> Study:
-    """Read and check a study file (default: ablations/study.toml)."""
+    """Read and check a study file (default: ablations/study/study.toml)."""
     path = Path(path) if path is not None else STUDY_FILE
     spec = read_toml(path, "study")
     designs = {n: _design(n, s) for n, s in spec.get("designs", {}).items()}
@@ -196,8 +196,8 @@ def run_study(mode: StudyMode, *, cache, device: str = "cpu", jobs: int = 1, thr
 def warm_images(todo, *, jobs: int = 1, bar: bool = True) -> None:
     """Draw into the image cache every training and test image the items will read, before training (so
     the runs do not draw, and the drawing shows its progress)."""
-    from .image_cache import warm
-    from .train import TrainConfig
+    from ..train import TrainConfig
+    from .cache import warm
     ranges = set()
     for item in todo:
         c = TrainConfig.from_dict(item.config)

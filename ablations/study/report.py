@@ -18,11 +18,11 @@ from pathlib import Path
 
 from evmamba.files import atomic_write_text
 
-from .study import binomial_se, load_study, run_study, summarise
+from .runner import binomial_se, load_study, run_study, summarise
 
 SMOKE = {"steps": 4, "train_images": 64, "test_images": 32, "curve_images": 16, "eval_every": 2, "batch_size": 8,
          "bn_batches": 1, "save_every": 0, "warmup_steps": 1, "workers": 0}
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def smoke_mode(mode):
@@ -33,7 +33,7 @@ def smoke_mode(mode):
 def study_command(args, argv) -> int:
     import torch
 
-    from .pipeline import command_line
+    from ..pipeline import command_line
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     study = load_study(args.study)
     mode = study.mode(args.mode or ("gpu" if device.startswith("cuda") else "pilot"))
@@ -65,8 +65,8 @@ def write_report(out: Path, mode, summary: dict, results: dict, *, device: str, 
     models)."""
     from tqdm.auto import tqdm
 
-    from .pipeline import save_png
-    from .store import device_description, git_revision, package_versions
+    from ..pipeline import save_png
+    from ..store import device_description, git_revision, package_versions
     started = time.perf_counter()
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -132,7 +132,7 @@ def trained_analysis(mode, results) -> dict:
     initialisation and trained, their area ratios, and route effects on test images."""
     from evmamba.analysis.erf_maps import THRESHOLDS
 
-    from .study_analysis import LEVELS, erfs, initial_model, route_effects, test_images, trained_model
+    from .analysis import LEVELS, erfs, initial_model, route_effects, test_images, trained_model
     task = mode.ship_task
     kept = _kept(mode, results, task)
     fields = {level: {} for level in LEVELS}
@@ -228,9 +228,9 @@ def ship_models(mode, results, folder) -> dict:
     from evmamba.model import ModelConfig
     from evmamba.study_models import TASK_MEAN, TASK_STD
 
-    from .study_analysis import test_images, trained_model
+    from ..train import evaluate, setup_distributed
+    from .analysis import test_images, trained_model
     from .tasks import TASKS
-    from .train import evaluate, setup_distributed
     folder = Path(folder)
     task = mode.ship_task
     info = TASKS[task]

@@ -66,7 +66,7 @@ class TaskInfo:
     class_names: tuple  # per head, a tuple of class names
     description: str
     # the generator's version: bumped whenever a change to the drawing changes the task's images (it keys
-    # the image cache, ablations/image_cache.py)
+    # the image cache, ablations/study/cache.py)
     version: int = 1
 
 

@@ -73,13 +73,23 @@ def save_compact(state: dict, path, meta: dict | None = None) -> None:
         torch.save({"format": FORMAT, "meta": dict(meta or {}), "tensors": _entries(state)}, tmp)
 
 
-def read_compact(path) -> tuple[dict, dict]:
-    """(state dict in float32 where it was floating point, metadata) from a compact file."""
+def _load(path) -> dict:
     obj = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise ValueError(f"{path} is not a compact weights file (format {FORMAT!r}); read checkpoints with "
                          "evmamba.load_checkpoint")
+    return obj
+
+
+def read_compact(path) -> tuple[dict, dict]:
+    """(state dict in float32 where it was floating point, metadata) from a compact file."""
+    obj = _load(path)
     return _restored(obj["tensors"]), obj["meta"]
 
 
-__all__ = ["FORMAT", "compacted", "dequantize", "quantize", "read_compact", "save_compact"]
+def read_compact_meta(path) -> dict:
+    """The metadata of a compact file, without restoring its tensors."""
+    return _load(path)["meta"]
+
+
+__all__ = ["FORMAT", "compacted", "dequantize", "quantize", "read_compact", "read_compact_meta", "save_compact"]

@@ -36,14 +36,15 @@ def _files() -> dict:
 
 
 @functools.cache
-def _read(name: str):
-    from .compact import read_compact
-    return read_compact(_files()[name])
+def _meta(name: str) -> dict:
+    """A shipped model's metadata (kept: small); its weights are read when a model is built, not kept here."""
+    from .compact import read_compact_meta
+    return read_compact_meta(_files()[name])
 
 
 def study_models() -> dict:
     """{name: metadata} of the shipped study models (design, task, classes, accuracies, training)."""
-    return {name: _read(name)[1] for name in _files()}
+    return {name: _meta(name) for name in _files()}
 
 
 def is_study_name(source) -> bool:
@@ -56,16 +57,17 @@ def study_model_meta(source: str) -> dict:
     if name not in files:
         known = ", ".join(PREFIX + n for n in files) or "none (this installation ships none)"
         raise ValueError(f"no study model {source!r}: the shipped ones are {known}")
-    return _read(name)[1]
+    return _meta(name)
 
 
 def read_study_model(source: str) -> tuple[dict, dict, dict]:
     """(design, state, metadata) of the study model `source` ("study:NAME"): its ModelConfig fields (all of
     them, defaults included), its weights as a state dict, and what the file says about them. Building the
     model is the factory's (evmamba.factory.fit and build)."""
+    from .compact import read_compact
     from .model import ModelConfig
     meta = study_model_meta(source)
-    state, _ = _read(source.removeprefix(PREFIX))
+    state, _ = read_compact(_files()[source.removeprefix(PREFIX)])
     design = dataclasses.asdict(ModelConfig(**meta["model"]).validate())
     return design, state, meta
 

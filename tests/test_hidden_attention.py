@@ -210,3 +210,12 @@ def test_large_matrices_are_drawn_as_cell_means():
     assert shown.shape == (-(-side // 3),) * 2 and np.isnan(shown[0, 0])
     assert np.isclose(shown[1, 2], m[3:6, 6:9].mean())
     assert np.isclose(shown[-1, -1], m[-2:, -2:].mean())  # 1025 = 341 * 3 + 2: padding left out of the mean
+
+
+def test_cell_means_in_raster_order_equal_those_of_the_reordered_matrix():
+    from evmamba.analysis import hidden_attention_figures as F
+    side = F.MAX_SIDE + 7  # k = 2, the last cells padded
+    m = np.random.default_rng(1).random((side, side)).astype(np.float32)
+    m[5, :] = np.nan
+    order = np.random.default_rng(2).permutation(side)
+    np.testing.assert_array_equal(F._shown(m, order), F._shown(m[np.ix_(order, order)]))

@@ -42,6 +42,7 @@ from .progress import track
 REDUCTIONS = ("abs", "mean", None)
 SAFE_EXPONENT = 600.0  # |exponents| float64 takes without overflow or underflow to subnormals (e^±708)
 MAX_PER_CHANNEL = 50_000_000  # entries of a (channels, L, L) result before we ask for a reduction
+FACTOR_BYTES = 24e6  # the float64 factors one chunk of channels holds (c x L x N each, three of them)
 
 
 def _check_inputs(delta, A, B, C):
@@ -82,8 +83,8 @@ def implicit_attention(delta, A, B, C, *, reduce: str | None = "abs", block: int
     dev = delta.device
     f64 = torch.float64
     out = torch.zeros((d, length, length) if reduce is None else (length, length), dtype=dtype, device=dev)
-    # channels at a time, so the float64 factors stay near 64 MB
-    chunk = max(1, min(d, int(64e6 // (8 * 3 * n * max(length, block)))))
+    # channels at a time, so the float64 factors stay near FACTOR_BYTES
+    chunk = max(1, min(d, int(FACTOR_BYTES // (8 * 3 * n * max(length, block)))))
     Ct = C.to(f64).t().contiguous()  # (L, N)
     steps = [(c0, i0) for c0 in range(0, d, chunk) for i0 in range(0, length, block)]
     tril = torch.ones(block, block, dtype=torch.bool, device=dev).tril()
@@ -175,9 +176,13 @@ class HiddenAttention:
     def image_order(self):
         """(matrix, positions) with steps sorted by position on the image (raster order): the route's
         tokens in the order a reader of the image meets them."""
-        flat = self.positions[:, 0] * self.padded_shape[1] + self.positions[:, 1]
-        order = np.argsort(flat, kind="stable")
+        order = self.raster_order()
         return self.matrix[np.ix_(order, order)], self.positions[order]
+
+    def raster_order(self) -> np.ndarray:
+        """The route's steps sorted by position on the image (raster order): image_order's permutation."""
+        flat = self.positions[:, 0] * self.padded_shape[1] + self.positions[:, 1]
+        return np.argsort(flat, kind="stable")
 
     def query(self, row: int, col: int) -> tuple[int, tuple[int, int]]:
         """(step, (row, col)): the step at which the route reads the position nearest (row, col) that it

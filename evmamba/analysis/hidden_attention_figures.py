@@ -31,21 +31,26 @@ def _scaled(x, exponent):
     return np.sign(x) * (np.abs(x) / top) ** exponent
 
 
-def _shown(matrix) -> np.ndarray:
-    """An L x L matrix as drawn: itself up to MAX_SIDE, else the mean of each k x k cell (k = ceil(L /
-    MAX_SIDE); NaN, for positions a route does not read, left out of the means), so a 3136-token route
-    is not resampled from ~10 M values per panel."""
-    m = np.asarray(matrix, dtype=np.float32)
+def _shown(matrix, order=None) -> np.ndarray:
+    """An L x L matrix as drawn, its rows and columns taken in `order` when given: itself up to MAX_SIDE,
+    else the mean of each k x k cell (k = ceil(L / MAX_SIDE); NaN, for positions a route does not read,
+    left out of the means), so a 3136-token route is not resampled from ~10 M values per panel. Cells are
+    made k rows at a time, so no copy of the whole matrix is ever held."""
+    m = np.asarray(matrix)
     k = -(-max(m.shape) // MAX_SIDE)
     if k == 1:
-        return m
-    rows, cols = -(-m.shape[0] // k) * k, -(-m.shape[1] // k) * k
-    padded = np.full((rows, cols), np.nan, np.float32)
-    padded[:m.shape[0], :m.shape[1]] = m
-    cells = padded.reshape(rows // k, k, cols // k, k)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a cell of NaN only stays NaN
-        return np.nanmean(cells, axis=(1, 3))
+        return np.asarray(m if order is None else m[np.ix_(order, order)], dtype=np.float32)
+    rows, cols = -(-m.shape[0] // k), -(-m.shape[1] // k)
+    out = np.empty((rows, cols), np.float32)
+    band = np.full((k, cols * k), np.nan, np.float32)  # k rows, padded with NaN to whole cells
+    for i in range(rows):
+        r0, r1 = i * k, min((i + 1) * k, m.shape[0])
+        band[:] = np.nan
+        band[:r1 - r0, :m.shape[1]] = m[r0:r1] if order is None else m[order[r0:r1]][:, order]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a cell of NaN only stays NaN
+            out[i] = np.nanmean(band.reshape(k, cols, k), axis=(0, 2))
+    return out
 
 
 def _as_list(atts):
@@ -95,8 +100,7 @@ def hidden_attention_figure(atts, *, exponent: float = 0.5, title: str | None = 
             _route_title(top, a)
             top.set_xlabel("key step s (reading order)")
             top.set_ylabel("query step t" if j == 0 else "")
-            image_order, _ = a.image_order()
-            bottom.imshow(_scaled(_shown(image_order), exponent), cmap=cmap, vmin=vmin, vmax=1,
+            bottom.imshow(_scaled(_shown(a.matrix, a.raster_order()), exponent), cmap=cmap, vmin=vmin, vmax=1,
                           interpolation="antialiased", extent=extent)
             bottom.set_xlabel("key (image raster order)")
             bottom.set_ylabel("query (image raster order)" if j == 0 else "")

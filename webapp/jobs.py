@@ -7,6 +7,9 @@ pressed stop) or ran past the time limit, and if so raises `Stopped`: the comput
 step, and the compute slot it held is free again. A cancelled request keeps its slot until then, so
 submitting and cancelling cannot start more computations than there are slots.
 
+A request on a full-size image (`is_large`) also takes one of SETTINGS.large_slots, so its peak memory is
+not stacked on another's.
+
 `estimate` gives a request's cost in seconds of this server's CPU (measured once, per model kind, at the
 first request), and `check_budget` refuses a request above SETTINGS.max_cost before it starts, naming what
 to reduce.
@@ -52,23 +55,22 @@ class Job:
             self.progress(fraction, desc=desc)
 
 
-_SLOTS: threading.BoundedSemaphore | None = None
+_SLOTS: dict = {}  # "all" -> compute slots, "large" -> those large requests may take
 _SLOTS_LOCK = threading.Lock()
 
 
-def _slots() -> threading.BoundedSemaphore:
-    global _SLOTS
+def _slots(kind: str = "all") -> threading.BoundedSemaphore:
     with _SLOTS_LOCK:
-        if _SLOTS is None:
-            _SLOTS = threading.BoundedSemaphore(max(1, SETTINGS.compute_slots))
-        return _SLOTS
+        if kind not in _SLOTS:
+            n = SETTINGS.compute_slots if kind == "all" else min(SETTINGS.large_slots, SETTINGS.compute_slots)
+            _SLOTS[kind] = threading.BoundedSemaphore(max(1, n))
+        return _SLOTS[kind]
 
 
 def reset_slots():
     """Forget the compute slots (after the settings changed)."""
-    global _SLOTS
     with _SLOTS_LOCK:
-        _SLOTS = None
+        _SLOTS.clear()
 
 
 _RUNNING: set = set()  # the jobs computing now (cancelled ones included until they stop)
@@ -81,11 +83,21 @@ def running() -> int:
         return len(_RUNNING)
 
 
-def _in_a_slot(job: Job, fn, args, kwargs):
-    slots = _slots()
+def _acquire(job: Job, slots: threading.BoundedSemaphore):
     while not slots.acquire(timeout=0.25):
         job.check()  # a request cancelled while it waits never starts
+
+
+def _in_a_slot(job: Job, large: bool, fn, args, kwargs):
+    # a large request first waits for a large slot, holding no compute slot meanwhile (small requests go
+    # on beside the large one computing); both are always taken in this order, so none waits on another
+    held = [_slots("large")] if large else []
+    held.append(_slots())
+    taken = []
     try:
+        for slots in held:
+            _acquire(job, slots)
+            taken.append(slots)
         job.check()
         with _RUNNING_LOCK:
             _RUNNING.add(job)
@@ -95,16 +107,19 @@ def _in_a_slot(job: Job, fn, args, kwargs):
             with _RUNNING_LOCK:
                 _RUNNING.discard(job)
     finally:
-        slots.release()
+        for slots in reversed(taken):
+            slots.release()
         memory.trim()  # what the request allocated goes back to the system
 
 
-async def run(fn, *args, progress=None, **kwargs):
-    """fn(*args, progress=job, **kwargs) in a worker thread, within a compute slot and the time limit; when
-    the awaiting request is cancelled, the job is told and stops at its next progress step."""
+async def run(fn, *args, progress=None, large: bool = False, **kwargs):
+    """fn(*args, progress=job, **kwargs) in a worker thread, within a compute slot (and one of the large
+    slots when `large`: see is_large) and the time limit; when the awaiting request is cancelled, the job is
+    told and stops at its next progress step."""
     job = Job(progress, SETTINGS.time_limit)
     context = contextvars.copy_context()
-    future = asyncio.get_running_loop().run_in_executor(None, context.run, _in_a_slot, job, fn, args, kwargs)
+    future = asyncio.get_running_loop().run_in_executor(None, context.run, _in_a_slot, job, large, fn, args,
+                                                        kwargs)
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
@@ -135,11 +150,27 @@ def unit_seconds(device: str) -> float:
     return _UNIT[device]
 
 
+def pass_factor(config, size: int = 224) -> float:
+    """One forward+backward pass of `config` at size², relative to tiny ES2D's at 224²."""
+    tokens = scan_routes(config.scan, 56, 56, config.step).tokens_read / 56 ** 2  # 1 for ES2D, 4 for SS2D
+    return VARIANT_FACTOR.get(config.variant, 5.0) * tokens * (size / 224) ** 2
+
+
 def passes_cost(config, passes: float, size: int = 224) -> float:
     """Estimated seconds of `passes` forward+backward passes of `config` at size² on this server."""
-    tokens = scan_routes(config.scan, 56, 56, config.step).tokens_read / 56 ** 2  # 1 for ES2D, 4 for SS2D
-    factor = VARIANT_FACTOR.get(config.variant, 5.0) * tokens * (size / 224) ** 2
-    return passes * factor * unit_seconds(SETTINGS.device)
+    return passes * pass_factor(config, size) * unit_seconds(SETTINGS.device)
+
+
+# A request whose passes are at least this large (tiny ES2D at 224² is 1) holds the activations of a
+# full-size image: at most SETTINGS.large_slots of them compute at once, so two of them do not stack their
+# peak memory (on a CPU they would share its cores anyway); small ones (a study model at 32², a partition,
+# a table) go on beside them.
+LARGE_PASS = 0.5
+
+
+def is_large(config, size: int = 224) -> bool:
+    """Whether a request on `config` at size² takes a large slot (see LARGE_PASS)."""
+    return pass_factor(config, size) >= LARGE_PASS
 
 
 def check_budget(seconds: float, what: str, reduce: str):
@@ -149,4 +180,5 @@ def check_budget(seconds: float, what: str, reduce: str):
                          f"{SETTINGS.max_cost:.0f} s it allows per request: {reduce}")
 
 
-__all__ = ["Job", "Stopped", "check_budget", "passes_cost", "reset_slots", "run", "running", "unit_seconds"]
+__all__ = ["LARGE_PASS", "Job", "Stopped", "check_budget", "is_large", "pass_factor", "passes_cost", "reset_slots",
+           "run", "running", "unit_seconds"]

@@ -24,6 +24,7 @@ class Settings:
     max_cost: float = 60.0  # the largest request, in estimated seconds of this server's CPU (jobs.estimate)
     time_limit: float = 180.0  # seconds after which a running request stops
     compute_slots: int = 2  # requests computing at once (a cancelled one holds its slot until it stops)
+    large_slots: int = 1  # of those, requests on full-size images (jobs.is_large): their peaks do not stack
     cached_models: int = 3
     extra: dict = field(default_factory=dict)
 

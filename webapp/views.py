@@ -16,7 +16,7 @@ from evmamba.analysis import hidden_attention as att_lib
 from evmamba.analysis.attribution_figures import attribution_figure, route_contribution_figure
 from evmamba.analysis.erf_figures import erf_figure
 from evmamba.analysis.hidden_attention_figures import attention_row_figure, hidden_attention_figure
-from evmamba.analysis.images import DEFAULT_SAMPLES, fit_image, sample_names
+from evmamba.analysis.images import DEFAULT_SAMPLES, fit_image, input_spec, sample_names
 from evmamba.analysis.partition_plotly import partition_plotly, regrouped_plotly, scan_comparison_plotly
 from evmamba.checks import choice
 from evmamba.families import family, scans
@@ -163,6 +163,11 @@ def inputs_for(model) -> str:
     return "natural images" if model.weights.trained else "random"
 
 
+def large(model) -> bool:
+    """Whether a request on `model` takes a large compute slot (its images' side, jobs.is_large)."""
+    return jobs.is_large(model.config, input_spec(model).size)
+
+
 def erf_budget(config, level="stage", count=1, size=224, **_):
     """Refuse an ERF over budget: a forward and backward pass per input and per map (all routes, then each
     route alone)."""
@@ -194,7 +199,7 @@ async def erf_view(model, what, level="stage", stage=0, block=0, row=-1, col=-1,
         source = study_pictures(model, count)
     result = await jobs.run(erf_lib.effective_receptive_fields, model, level, stage=stage, block=block,
                             inputs=source, num_inputs=count if inputs == "random" else None,
-                            position=None if row < 0 else (row, col), bar=False, progress=progress)
+                            position=None if row < 0 else (row, col), bar=False, progress=progress, large=large(model))
     info = notes(what, f"level {level}: {result.module}; output grid {result.output_grid[0]}x"
                  f"{result.output_grid[1]}, position {result.requested}; area ratios in RepLKNet's convention "
                  "(and the cell-centred one beside them); click the map on the right to pick another output "
@@ -271,7 +276,7 @@ async def attribution_view(model, what, sample=SUITED, upload=None, target=-1,
     prediction = attr_lib.predict(model, picture)
     top = {f"{r['name']} ({int(r['class'])})": float(r["probability"]) for _, r in prediction.classes.iterrows()}
     att, contributions = await jobs.run(_attribute, model, picture, None if target < 0 else target, tuple(chosen),
-                                        progress=progress)
+                                        progress=progress, large=large(model))
     info = notes(what, prediction.note, note, f"image: {name}; attributions for class {att.target} "
                  f"({att.target_name})")
     return (top, below_label(attribution_figure(att)), below_label(route_contribution_figure(contributions)),
@@ -299,7 +304,7 @@ async def hidden_attention_view(model, what, mixer=0, route="all", row=-1, col=-
     k = mixers[mixer][1].num_routes
     routes = None if route in (None, "", "all") else [whole(route, "route", 0, k - 1)]
     atts = await jobs.run(att_lib.model_hidden_attention, model, picture, mixer=mixer, routes=routes, reduce="mean",
-                          bar=False, progress=progress)
+                          bar=False, progress=progress, large=large(model))
     h, w = atts[0].grid
     row, col = whole(row, "query row", -1, h - 1), whole(col, "query column", -1, w - 1)
     if (row < 0) != (col < 0):
@@ -404,7 +409,7 @@ def measure_budget(config, **_):
 @takes_design(budget=measure_budget)
 async def measure_view(config, measured=None, progress=gr.Progress()):
     from ablations.browse import measure_row
-    row = await jobs.run(measure_row, config, device=SETTINGS.device, progress=progress)
+    row = await jobs.run(measure_row, config, device=SETTINGS.device, progress=progress, large=jobs.is_large(config))
     import pandas as pd
     previous = measured if isinstance(measured, pd.DataFrame) and not measured.empty else None
     table = row if previous is None else pd.concat([previous, row], ignore_index=True)

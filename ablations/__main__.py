@@ -7,7 +7,7 @@
     python -m ablations grid [--quick]                          the rows and what each mode measures
     python -m ablations train --data texture --scan ss2d --steps 200 --out runs/x
     python -m ablations study [--mode pilot|gpu]                trained designs, seeds, controls, report
-    python -m ablations calibrate [--rungs NAME ...]            the long-range ladder: ES2D vs scan-free
+    python -m ablations calibrate [--ladder gpu]                the long-range ladder: ES2D vs scan-free
     torchrun --nproc_per_node 4 -m ablations train --data /data/imagenet --epochs 300 --image-size 224 ...
 """
 from __future__ import annotations
@@ -136,10 +136,13 @@ def _study_parser(sub):
 def _calibrate_parser(sub):
     from .pipeline import DEFAULT_CACHE
     text = ("train ES2D and the scan-free control on each rung of the long-range ladder (study.toml's "
-            "[calibration]) and write the calibration table")
+            "[calibration], or [calibration-gpu] with --ladder gpu) and write the calibration table")
     p = sub.add_parser("calibrate", help=text, description=text + ". Run again to resume; finished runs are reused.")
+    p.add_argument("--ladder", choices=("cpu", "gpu"), default="cpu",
+                   help="cpu: the ladder sized for 2 CPU cores (default); gpu: the longer one sized for one GPU")
     p.add_argument("--rungs", nargs="+", default=None, metavar="NAME", help="only these rungs (default: all)")
-    p.add_argument("--out", type=Path, default=None, help="table folder (default: assets/study/calibration)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="table folder (default: assets/study/calibration, or assets/study/calibration-gpu)")
     p.add_argument("--study", type=Path, default=None, help="study file (default: ablations/study/study.toml)")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"finished runs (default: {DEFAULT_CACHE})")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -156,15 +159,15 @@ def _calibrate(args, argv) -> int:
     import torch
 
     from .pipeline import command_line
-    from .study.calibration import calibrate, load_ladder, smoke_ladder
+    from .study.calibration import LADDERS, calibrate, load_ladder, smoke_ladder
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     jobs = args.jobs if args.jobs is not None else min(os.cpu_count() or 1, 8)
     if jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {jobs}")
-    ladder = load_ladder(args.study)
+    ladder = load_ladder(args.study, args.ladder)
     if args.smoke:
         ladder = smoke_ladder(ladder)
-    out = args.out or Path(__file__).resolve().parent.parent / "assets" / "study" / "calibration"
+    out = args.out or Path(__file__).resolve().parent.parent / "assets" / "study" / LADDERS[args.ladder]
     started = time.perf_counter()
     table = calibrate(ladder, cache=args.cache, out=out, device=device, jobs=jobs, names=args.rungs,
                       bar=not args.no_bar, command=command_line(argv), train=not args.no_train)

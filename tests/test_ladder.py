@@ -15,7 +15,8 @@ def _mark_pixel(details, which, size):
     return offset + i * pitch + 1, offset + j * pitch + 1
 
 
-@pytest.mark.parametrize("name,size", [("maze-4", 32), ("maze-6", 32), ("maze-8", 32), ("maze-8", 64)])
+@pytest.mark.parametrize("name,size", [("maze-4", 32), ("maze-6", 32), ("maze-8", 32), ("maze-8", 64),
+                                       ("maze-16", 64)])
 def test_maze_labels_agree_with_a_flood_fill_of_the_pixels(name, size):
     """A mark reaches the other through the non-wall pixels exactly when the label says reachable; both
     classes have the same number of walls (a perfect maze plus one), so only the walls' places differ."""
@@ -67,6 +68,13 @@ def test_the_ladder_file_and_its_errors(tmp_path):
     assert [r.name for r in ladder.rungs][0] == "maze-4 32px"
     for rung in ladder.rungs:
         assert set(rung.mode.runs[rung.task]) == {"ES2D", "scan-free"}  # only these two, before the study
+    gpu = load_ladder(ladder="gpu")  # the longer ladder: its own rungs and settings, the same two designs
+    assert gpu.name == "gpu" and [r.name for r in gpu.rungs] == ["maze-5 32px", "maze-6 32px", "maze-8 64px",
+                                                                  "maze-16 64px"]
+    assert all(r.mode.train["steps"] > ladder.rungs[0].mode.train["steps"] for r in gpu.rungs)
+    assert all(set(r.mode.runs[r.task]) == {"ES2D", "scan-free"} for r in gpu.rungs)
+    with pytest.raises(ValueError, match="unknown ladder 'tpu': valid ladders are 'cpu', 'gpu'"):
+        load_ladder(ladder="tpu")
     base = open(ladder_file := tmp_path / "s.toml", "w")
     from ablations.study import STUDY_FILE
     text = STUDY_FILE.read_text()
@@ -77,6 +85,9 @@ def test_the_ladder_file_and_its_errors(tmp_path):
     ladder_file.write_text(text.replace('{ task = "maze-5" }', '{ task = "maze-50" }'))
     with pytest.raises(ValueError, match="unknown task 'maze-50'"):
         load_ladder(ladder_file)
+    ladder_file.write_text(text.split("[calibration-gpu]")[0])
+    with pytest.raises(ValueError, match=r"has no \[calibration-gpu\] section"):
+        load_ladder(ladder_file, "gpu")
 
 
 def test_a_rung_separates_only_with_a_wide_gap_and_a_reference_neither_at_chance_nor_saturated():

@@ -2,6 +2,7 @@
 
     python -m ablations calibrate                  every rung of study.toml's [calibration], in order
     python -m ablations calibrate --rungs "maze-6 32px"
+    python -m ablations calibrate --ladder gpu     the longer ladder of [calibration-gpu], for one GPU
 
 Each rung (a task at an image size, with optional training overrides) trains the reference design (ES2D)
 and the scan-free control, for every calibration seed, with the same settings. A rung *separates* when the
@@ -28,6 +29,8 @@ from .tasks import TASKS
 SEPARATION = 10.0  # points the control must lose
 REFERENCE_RANGE = (60.0, 97.0)  # the reference's accuracy on a separating rung (not chance, not saturated)
 RUNG_KEYS = {"task": str, "image_size": int, **TRAIN_KEYS}
+LADDERS = {"cpu": "calibration", "gpu": "calibration-gpu"}  # a ladder's section of the study file, and its
+# table's folder under assets/study
 
 
 @dataclass(frozen=True)
@@ -43,45 +46,50 @@ class Ladder:
     control: str
     seeds: tuple
     rungs: tuple  # of Rung, easiest first
+    name: str = "cpu"  # which of LADDERS
 
 
-def load_ladder(path=None) -> Ladder:
-    """Read the [calibration] section of a study file (default: ablations/study/study.toml)."""
+def load_ladder(path=None, ladder: str = "cpu") -> Ladder:
+    """Read a ladder of a study file (default: ablations/study/study.toml): "cpu", its [calibration]
+    section, or "gpu", its [calibration-gpu] section."""
     from ..config import read_toml
     from .runner import STUDY_FILE
+    if ladder not in LADDERS:
+        raise ValueError(f"unknown ladder {ladder!r}: valid ladders are {', '.join(map(repr, LADDERS))}")
+    section = LADDERS[ladder]
     path = Path(path) if path is not None else STUDY_FILE
     study = load_study(path)
-    spec = read_toml(path, "study").get("calibration")
+    spec = read_toml(path, "study").get(section)
     if spec is None:
-        raise ValueError(f"{path} has no [calibration] section")
+        raise ValueError(f"{path} has no [{section}] section")
     control = spec.get("control", "scan-free")
     if control not in study.designs or not study.designs[control].scan_free:
-        raise ValueError(f"{path} [calibration]: control {control!r} must be a scan-free design of [designs]")
+        raise ValueError(f"{path} [{section}]: control {control!r} must be a scan-free design of [designs]")
     settings = {k: spec[k] for k in TRAIN_KEYS if k in spec}
     seeds = tuple(spec.get("seeds", (0, 1)))
     rungs, names = [], set()
     for i, r in enumerate(spec.get("rungs", [])):
         unknown = [k for k in r if k not in RUNG_KEYS]
         if unknown:
-            raise ValueError(f"{path} [calibration] rung {i + 1}: unknown setting(s) {', '.join(unknown)}; "
+            raise ValueError(f"{path} [{section}] rung {i + 1}: unknown setting(s) {', '.join(unknown)}; "
                              f"valid settings are {', '.join(RUNG_KEYS)}")
         if r.get("task") not in TASKS:
-            raise ValueError(f"{path} [calibration] rung {i + 1}: unknown task {r.get('task')!r} "
+            raise ValueError(f"{path} [{section}] rung {i + 1}: unknown task {r.get('task')!r} "
                              f"(tasks: {', '.join(TASKS)})")
         train = {**settings, **{k: v for k, v in r.items() if k != "task"}}
         name = f"{r['task']} {train['image_size']}px"
         if any(k in r for k in TRAIN_KEYS if k != "image_size"):
             name += " (" + ", ".join(f"{k} {r[k]}" for k in TRAIN_KEYS if k in r and k != "image_size") + ")"
         if name in names:
-            raise ValueError(f"{path} [calibration]: rung {name!r} appears twice")
+            raise ValueError(f"{path} [{section}]: rung {name!r} appears twice")
         names.add(name)
         mode = StudyMode(f"calibration {name}", study.designs, study.reference, seeds,
                          {r["task"]: (study.reference, control)}, train, 0, (), "")
         mode.configs()  # every run's configuration validates
         rungs.append(Rung(name, r["task"], mode))
     if not rungs:
-        raise ValueError(f"{path} [calibration]: no rungs")
-    return Ladder(study.reference, control, seeds, tuple(rungs))
+        raise ValueError(f"{path} [{section}]: no rungs")
+    return Ladder(study.reference, control, seeds, tuple(rungs), ladder)
 
 
 def verdict(row_ref: dict, row_control: dict) -> dict:
@@ -101,7 +109,8 @@ def calibrate(ladder: Ladder, *, cache, out, device: str = "cpu", jobs: int = 1,
     if unknown:
         raise ValueError(f"unknown rung(s) {', '.join(map(repr, unknown))}; rungs are "
                          f"{', '.join(repr(r.name) for r in ladder.rungs)}")
-    table = {"reference": ladder.reference, "control": ladder.control, "seeds": list(ladder.seeds),
+    table = {"ladder": ladder.name, "reference": ladder.reference, "control": ladder.control,
+             "seeds": list(ladder.seeds),
              "separation": SEPARATION, "reference_range": list(REFERENCE_RANGE), "command": command, "rungs": []}
     for rung in ladder.rungs:
         trains = train and (names is None or rung.name in names)
@@ -143,7 +152,8 @@ def markdown(table: dict) -> str:
     ref, control = table["reference"], table["control"]
     lo, hi = table["reference_range"]
     lines = [
-        "# Calibration: which long-range rung separates the designs",
+        "# Calibration: which long-range rung separates the designs"
+        + (f" ({table['ladder'].upper()} ladder)" if table.get("ladder", "cpu") != "cpu" else ""),
         "",
         f"Each rung trains {ref} and the {control} control on the same images, seeds "
         f"{', '.join(map(str, table['seeds']))}; test accuracy (%) mean ± seed std. A rung separates when "
@@ -173,6 +183,11 @@ def markdown(table: dict) -> str:
     return "\n".join(lines)
 
 
+def excerpt_markdown(table: dict) -> str:
+    """The README's excerpt: the table without its title (checked against the committed table by a test)."""
+    return markdown(table).split("\n", 2)[2]
+
+
 def smoke_ladder(ladder: Ladder) -> Ladder:
     """Every rung for a few steps on a few images (checks the ladder runs; its numbers mean nothing)."""
     small = {"steps": 4, "train_images": 64, "test_images": 64, "batch_size": 16, "warmup_steps": 1,
@@ -182,5 +197,5 @@ def smoke_ladder(ladder: Ladder) -> Ladder:
     return dataclasses.replace(ladder, rungs=rungs)
 
 
-__all__ = ["Ladder", "REFERENCE_RANGE", "Rung", "SEPARATION", "calibrate", "load_ladder", "markdown",
-           "smoke_ladder", "verdict"]
+__all__ = ["LADDERS", "Ladder", "REFERENCE_RANGE", "Rung", "SEPARATION", "calibrate", "excerpt_markdown",
+           "load_ladder", "markdown", "smoke_ladder", "verdict"]

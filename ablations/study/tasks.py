@@ -85,7 +85,7 @@ TASKS = {
                                 "whether the markers match"),
 }
 # The long-range ladder: mazes of n x n cells, and contour integration with more long paths.
-MAZE_SIDES = (4, 5, 6, 8)
+MAZE_SIDES = (4, 5, 6, 8, 16)
 for _n in MAZE_SIDES:
     TASKS[f"maze-{_n}"] = TaskInfo(
         f"maze-{_n}", "global", (2,), ("reachable",), (("blocked", "reachable"),),

@@ -6,7 +6,7 @@ its design, refused for its input); a row answered otherwise is marked FAILED an
 does when the server's peak memory (its high-water mark) passes --max-memory. Prints one table (each row's
 latency, the server's resident memory after it and its peak so far), with the machine and revision.
 
-    python benchmarks/app_load.py                    # about 10 minutes on 2 CPU cores
+    python benchmarks/app_load.py                    # about 4 minutes on 2 CPU cores
     python benchmarks/app_load.py --rounds 2 --burst 10
     python benchmarks/app_load.py --readme README.md  # also writes the table into the README's block
 

@@ -33,3 +33,14 @@ def test_tiny_model_forward_backward_under_2gb():
     from evmamba.bench import peak_memory_mb  # a fresh process: tiny at 224x224, forward and backward
     before, peak = peak_memory_mb()
     assert peak < 2048
+
+
+def test_the_mmap_threshold_is_the_apps_setting():
+    import pytest
+
+    import app
+    from webapp import memory
+    assert app.parse_args([]).mmap_threshold * 1024 == memory.MMAP_THRESHOLD == 256 * 1024
+    assert app.parse_args(["--mmap-threshold", "0"]).mmap_threshold == 0
+    with pytest.raises(SystemExit, match="--mmap-threshold -1: give a size in KiB, or 0 for glibc's own"):
+        app.configure(app.parse_args(["--mmap-threshold", "-1"]))

@@ -302,3 +302,29 @@ def test_long_sequences_and_large_steps_stay_finite(length, backend):
     y = selective_scan(**{k: v.detach() for k, v in small.items()}, backend=backend)
     ref = selective_scan(**{k: v.detach().double() for k, v in small.items()}, backend="reference")
     assert torch.isfinite(y).all() and rel_err(y.double(), ref) < 1e-5
+
+
+THREADS = """
+import torch
+torch.set_num_threads({n})
+assert torch.get_num_threads() == {n}  # read before the kernels load: what a training worker does
+from evmamba.scan import selective_scan
+g = torch.Generator().manual_seed(0)
+b, d, n, L = 2, 64, 4, 32
+u, delta = (torch.randn(b, 2 * d, L, generator=g).requires_grad_() for _ in range(2))
+A = -torch.rand(2 * d, n, generator=g)
+B, C = (torch.randn(b, 2, n, L, generator=g) for _ in range(2))
+for _ in range(2):
+    selective_scan(u, delta, A, B, C, delta_softplus=True, backend="cpu_fused").sum().backward()
+print(torch.get_num_threads())
+"""
+
+
+@pytest.mark.parametrize("torch_threads,numba_threads", [(1, 2), (2, 4)])
+def test_cpu_fused_leaves_torchs_thread_count_as_it_was(torch_threads, numba_threads):
+    """Numba's OpenMP layer sets the OpenMP thread count torch reads when it starts its threads: a scan must
+    not leave torch (a training worker of one thread, say) on numba's count."""
+    env = {**os.environ, "NUMBA_NUM_THREADS": str(numba_threads)}
+    out = subprocess.run([sys.executable, "-c", THREADS.format(n=torch_threads)], capture_output=True, text=True,
+                         env=env, check=True)
+    assert int(out.stdout.split()[-1]) == torch_threads

@@ -63,11 +63,14 @@ def _kernels_cached():
     if not cached:
         log.info(f"selective scan: compiling the cpu_fused kernel (once, about 10 s; cached in {path})")
     started = time.perf_counter()
+    threads = torch.get_num_threads()
     try:
         from . import _cpu_kernels  # compiles, or loads from the cache, at import
     except Exception as e:  # noqa: BLE001 - any failure to compile means: run the torch backend instead
         unavailable_reason = f"its kernel could not be compiled ({type(e).__name__}: {e})"
         return None
+    finally:
+        _keep_torch_threads(threads)
     if not cached:
         log.info(f"selective scan: cpu_fused kernel ready in {time.perf_counter() - started:.1f} s")
     return _cpu_kernels
@@ -109,13 +112,25 @@ def _threads(k) -> int:
     return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
 
 
+def _keep_torch_threads(threads: int):
+    """Numba's OpenMP layer sets the calling thread's OpenMP thread count (to all of numba's threads when it
+    starts them, as loading the kernels does), and that count is torch's too: put torch's back."""
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def _launch(fn, shares, *args):
-    """fn(shares, *args) on `shares` of numba's threads. One launch at a time: numba's fallback threading
-    layer (workqueue) must not be entered from two threads at once, and each launch uses every core."""
+    """fn(shares, *args) on `shares` of numba's threads, torch's thread count kept. One launch at a time:
+    numba's fallback threading layer (workqueue) must not be entered from two threads at once, and each
+    launch uses every core."""
     import numba
     with _launch_lock:
-        numba.set_num_threads(shares)
-        fn(shares, *args)
+        threads = torch.get_num_threads()
+        try:
+            numba.set_num_threads(shares)
+            fn(shares, *args)
+        finally:
+            _keep_torch_threads(threads)
 
 
 def _block(per_group: int, most: int) -> int:
@@ -171,9 +186,13 @@ def _cpu_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk):
     states = u.new_empty(_states_shape(u, A, chunk))
     block, tasks = _tasks(u, B, FORWARD_BLOCK)
     (fu, fd, _, fB, fC), st = _flat((u, delta, u, B, C))
-    _launch(k.forward_parallel, min(tasks, _threads(k)), tasks, block, B.shape[1], fu, fd, fB, fC, st,
-            _np(A.t().contiguous()), _np(D.contiguous()), _np(delta_bias.contiguous()), bool(delta_softplus),
-            int(chunk), _np(y), _np(states))
+    rest = (fu, fd, fB, fC, st, _np(A.t().contiguous()), _np(D.contiguous()), _np(delta_bias.contiguous()),
+            bool(delta_softplus), int(chunk), _np(y), _np(states))
+    shares = min(tasks, _threads(k))
+    if shares == 1:  # in this thread: no parallel region, whose idle threads would spin beside other work
+        k.forward_tasks(0, tasks, block, B.shape[1], *rest)
+    else:
+        _launch(k.forward_parallel, shares, tasks, block, B.shape[1], *rest)
     return y, states
 
 
@@ -192,9 +211,13 @@ def _cpu_scan_backward(u, delta, A, B, C, D, delta_bias, states, gy, delta_softp
     dB, dC = (u.new_zeros((slots,) + B.shape) for _ in range(2))
     dD, dbias = (u.new_zeros((slots, u.shape[1])) for _ in range(2))
     (fu, fd, fg, fB, fC), st = _flat((u, delta, gy, B, C))
-    _launch(k.backward_parallel, slots, tasks, block, B.shape[1], fu, fd, fg, fB, fC, st, _np(A.t().contiguous()),
-            _np(D.contiguous()), _np(delta_bias.contiguous()), bool(delta_softplus), int(chunk),
-            _np(states.contiguous()), _np(du), _np(ddelta), _np(dAt), _np(dB), _np(dC), _np(dD), _np(dbias))
+    rest = (fu, fd, fg, fB, fC, st, _np(A.t().contiguous()), _np(D.contiguous()), _np(delta_bias.contiguous()),
+            bool(delta_softplus), int(chunk), _np(states.contiguous()), _np(du), _np(ddelta), _np(dAt), _np(dB),
+            _np(dC), _np(dD), _np(dbias))
+    if slots == 1:  # in this thread, summing into slot 0 (see the forward)
+        k.backward_tasks(0, tasks, block, 0, B.shape[1], *rest)
+    else:
+        _launch(k.backward_parallel, slots, tasks, block, B.shape[1], *rest)
     # one sum of the per-thread partials
     dA, dB, dC, dD, dbias = (t.sum(0) if slots > 1 else t[0] for t in (dAt, dB, dC, dD, dbias))
     return du, ddelta, dA.t().contiguous(), dB, dC, dD, dbias

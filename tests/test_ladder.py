@@ -1,11 +1,16 @@
 """The long-range ladder: maze tasks checked against their pixels, the image cache, the calibration table."""
+import json
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from ablations.data import TaskDataset
 from ablations.study import cache as image_cache
-from ablations.study.calibration import load_ladder, markdown, verdict
+from ablations.study import mean_std
+from ablations.study.calibration import excerpt_markdown, load_ladder, markdown, verdict
 from ablations.study.tasks import MAZE_SIDES, TASKS, dots_connected, draw_image, maze_grid, maze_path, maze_tree
 
 
@@ -113,3 +118,26 @@ def test_the_table_says_what_each_rung_reached():
     assert "| maze-4 32px | 10 | 64 | 81.0 ± 1.0 | 66.0 ± 2.0 (not flat) | +15.0 | yes | 3 |" in text
     assert "| maze-6 32px | 10 | 64 | not run yet |" in text
     assert "Chosen rung: **maze-4 32px**" in text
+
+
+def test_the_committed_table_follows_from_its_runs_and_the_readme_shows_it():
+    repo = Path(__file__).resolve().parents[1]
+    folder = repo / "assets" / "study" / "calibration"
+    table = json.loads((folder / "calibration.json").read_text())
+    assert (folder / "calibration.md").read_text() == markdown(table)
+    block = re.search(r"<!-- calibration excerpt: generated from assets/study/calibration/calibration.json -->\n"
+                      r"(.*?)<!-- end of calibration excerpt -->", (repo / "README.md").read_text(), re.S)
+    assert block and block.group(1) == excerpt_markdown(table)
+    ladder = {r.name: r for r in load_ladder().rungs}
+    assert [r["name"] for r in table["rungs"]] == list(ladder)  # the committed ladder, every rung in order
+    ref, control = table["reference"], table["control"]
+    for r in table["rungs"]:
+        assert r["settings"] == ladder[r["name"]].mode.train  # made with the committed settings
+        if "rows" not in r:
+            continue
+        for row in r["rows"].values():
+            assert len(row["accuracy"]) == len(table["seeds"])
+            assert (row["mean"], row["std"]) == pytest.approx(mean_std(row["accuracy"]))
+        assert r["verdict"] == verdict(r["rows"][ref], r["rows"][control])
+    separating = [r["name"] for r in table["rungs"] if r.get("verdict", {}).get("separates")]
+    assert table["chosen"] == (separating[0] if separating else None)

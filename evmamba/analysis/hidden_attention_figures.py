@@ -43,12 +43,12 @@ def _shown(matrix, order=None) -> np.ndarray:
     rows, cols = -(-m.shape[0] // k), -(-m.shape[1] // k)
     out = np.empty((rows, cols), np.float32)
     band = np.full((k, cols * k), np.nan, np.float32)  # k rows, padded with NaN to whole cells
-    for i in range(rows):
-        r0, r1 = i * k, min((i + 1) * k, m.shape[0])
-        band[:] = np.nan
-        band[:r1 - r0, :m.shape[1]] = m[r0:r1] if order is None else m[order[r0:r1]][:, order]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a cell of NaN only stays NaN
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a cell of NaN only stays NaN
+        for i in range(rows):
+            r0, r1 = i * k, min((i + 1) * k, m.shape[0])
+            band[:] = np.nan
+            band[:r1 - r0, :m.shape[1]] = m[r0:r1] if order is None else m[order[r0:r1]][:, order]
             out[i] = np.nanmean(band.reshape(k, cols, k), axis=(0, 2))
     return out
 

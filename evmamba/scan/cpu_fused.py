@@ -119,16 +119,20 @@ def _keep_torch_threads(threads: int):
         torch.set_num_threads(threads)
 
 
-def _launch(fn, shares, *args):
-    """fn(shares, *args) on `shares` of numba's threads, torch's thread count kept. One launch at a time:
-    numba's fallback threading layer (workqueue) must not be entered from two threads at once, and each
-    launch uses every core."""
+def _launch(fn, serial, shares, tasks, *args):
+    """fn(shares, tasks, *args) on `shares` of numba's threads, torch's thread count kept; one share runs
+    serial(0, tasks, *args) in this thread instead (no parallel region, whose idle threads would spin beside
+    other work). One launch at a time: numba's fallback threading layer (workqueue) must not be entered from
+    two threads at once, and each launch uses every core."""
     import numba
+    if shares == 1:
+        serial(0, tasks, *args)
+        return
     with _launch_lock:
         threads = torch.get_num_threads()
         try:
             numba.set_num_threads(shares)
-            fn(shares, *args)
+            fn(shares, tasks, *args)
         finally:
             _keep_torch_threads(threads)
 
@@ -186,13 +190,9 @@ def _cpu_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk):
     states = u.new_empty(_states_shape(u, A, chunk))
     block, tasks = _tasks(u, B, FORWARD_BLOCK)
     (fu, fd, _, fB, fC), st = _flat((u, delta, u, B, C))
-    rest = (fu, fd, fB, fC, st, _np(A.t().contiguous()), _np(D.contiguous()), _np(delta_bias.contiguous()),
+    _launch(k.forward_parallel, k.forward_tasks, min(tasks, _threads(k)), tasks, block, B.shape[1], fu, fd, fB,
+            fC, st, _np(A.t().contiguous()), _np(D.contiguous()), _np(delta_bias.contiguous()),
             bool(delta_softplus), int(chunk), _np(y), _np(states))
-    shares = min(tasks, _threads(k))
-    if shares == 1:  # in this thread: no parallel region, whose idle threads would spin beside other work
-        k.forward_tasks(0, tasks, block, B.shape[1], *rest)
-    else:
-        _launch(k.forward_parallel, shares, tasks, block, B.shape[1], *rest)
     return y, states
 
 
@@ -211,13 +211,12 @@ def _cpu_scan_backward(u, delta, A, B, C, D, delta_bias, states, gy, delta_softp
     dB, dC = (u.new_zeros((slots,) + B.shape) for _ in range(2))
     dD, dbias = (u.new_zeros((slots, u.shape[1])) for _ in range(2))
     (fu, fd, fg, fB, fC), st = _flat((u, delta, gy, B, C))
-    rest = (fu, fd, fg, fB, fC, st, _np(A.t().contiguous()), _np(D.contiguous()), _np(delta_bias.contiguous()),
-            bool(delta_softplus), int(chunk), _np(states.contiguous()), _np(du), _np(ddelta), _np(dAt), _np(dB),
-            _np(dC), _np(dD), _np(dbias))
-    if slots == 1:  # in this thread, summing into slot 0 (see the forward)
-        k.backward_tasks(0, tasks, block, 0, B.shape[1], *rest)
-    else:
-        _launch(k.backward_parallel, slots, tasks, block, B.shape[1], *rest)
+    def serial(k0, k1, R, *rest):  # one share: every task, summing into slot 0
+        k.backward_tasks(k0, k1, R, 0, *rest)
+    _launch(k.backward_parallel, serial, slots, tasks, block, B.shape[1], fu, fd, fg, fB, fC, st,
+            _np(A.t().contiguous()), _np(D.contiguous()), _np(delta_bias.contiguous()), bool(delta_softplus),
+            int(chunk), _np(states.contiguous()), _np(du), _np(ddelta), _np(dAt), _np(dB), _np(dC), _np(dD),
+            _np(dbias))
     # one sum of the per-thread partials
     dA, dB, dC, dD, dbias = (t.sum(0) if slots > 1 else t[0] for t in (dAt, dB, dC, dD, dbias))
     return du, ddelta, dA.t().contiguous(), dB, dC, dD, dbias

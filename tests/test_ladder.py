@@ -10,7 +10,7 @@ import torch
 from ablations.data import TaskDataset
 from ablations.study import cache as image_cache
 from ablations.study import mean_std
-from ablations.study.calibration import excerpt_markdown, load_ladder, markdown, verdict
+from ablations.study.calibration import calibrate, excerpt_markdown, load_ladder, markdown, smoke_ladder, verdict
 from ablations.study.tasks import MAZE_SIDES, TASKS, dots_connected, draw_image, maze_grid, maze_path, maze_tree
 
 
@@ -118,6 +118,34 @@ def test_the_table_says_what_each_rung_reached():
     assert "| maze-4 32px | 10 | 64 | 81.0 ± 1.0 | 66.0 ± 2.0 (not flat) | +15.0 | yes | 3 |" in text
     assert "| maze-6 32px | 10 | 64 | not run yet |" in text
     assert "Chosen rung: **maze-4 32px**" in text
+
+
+def test_a_table_keeps_an_earlier_sessions_rows_made_with_the_same_settings(tmp_path):
+    """A rung whose runs are not in this cache keeps its row from the table already in the folder, with where
+    that row was made, when its settings and the task's drawing are the same; otherwise it is pending."""
+    ladder = smoke_ladder(load_ladder())
+    first, second = ladder.rungs[:2]
+    rows = {"ES2D": {"accuracy": [0.6, 0.6], "mean": 60.0, "std": 0.0, "test_se": 1.0, "converged": True,
+                     "seconds": [1.0, 1.0]},
+            "scan-free": {"accuracy": [0.5, 0.5], "mean": 50.0, "std": 0.0, "test_se": 1.0, "converged": True,
+                          "seconds": [1.0, 1.0]}}
+    made = {"device": "CPU: elsewhere", "revision": "abc", "command": "python -m ablations calibrate",
+            "task_version": TASKS[first.task].version}
+    row = {"name": first.name, "task": first.task, "settings": first.mode.train, "test_images": 64, "rows": rows,
+           "verdict": verdict({**rows["ES2D"]}, {**rows["scan-free"]}), "made": made}
+    stale = {**row, "name": second.name, "task": second.task, "settings": {**second.mode.train, "steps": 5}}
+    earlier = {"ladder": "cpu", "seeds": list(ladder.seeds), "rungs": [row, stale]}
+    (tmp_path / "calibration.json").write_text(json.dumps(earlier))
+    table = calibrate(ladder, cache=tmp_path / "empty", out=tmp_path, bar=False, train=False, command="again")
+    kept, pending = table["rungs"][:2]
+    assert kept == row
+    assert pending == {"name": second.name, "task": second.task, "settings": second.mode.train, "pending": True}
+    assert markdown(table).endswith(  # where the one measured row was made, not where the table was written
+        "Device: CPU: elsewhere. Revision abc. Command: `python -m ablations calibrate`.\n")
+    table["rungs"][1] = {**row, "name": second.name, "made": {**made, "revision": "def"}}
+    text = markdown(table)
+    assert f"Rows {first.name}: device CPU: elsewhere, revision abc, command `python -m ablations calibrate`." in text
+    assert f"Rows {second.name}: device CPU: elsewhere, revision def," in text
 
 
 def test_the_committed_table_follows_from_its_runs_and_the_readme_shows_it():

@@ -101,14 +101,39 @@ def verdict(row_ref: dict, row_control: dict) -> dict:
     return {"gap": gap, "noise": noise, "separates": all(conditions.values()), **conditions}
 
 
+def earlier_rows(out, ladder: Ladder) -> dict:
+    """{rung name: row} of the table already in `out` for this ladder (none if there is none), each row with
+    where it was made ("made": device, revision, command, the task generator's version)."""
+    path = Path(out) / "calibration.json"
+    if not path.exists():
+        return {}
+    table = json.loads(path.read_text())
+    if table.get("ladder", "cpu") != ladder.name or table.get("seeds") != list(ladder.seeds):
+        return {}
+    whole = {k: table.get(k) for k in ("device", "revision", "command")}
+    return {r["name"]: {**r, "made": r.get("made", whole)} for r in table.get("rungs", []) if "rows" in r}
+
+
+def carried(row: dict | None, rung: Rung) -> bool:
+    """May an earlier table's row stand for this rung? Only one made with the same settings, seeds and
+    drawing (its runs are in some other cache: an earlier session's, or another machine's)."""
+    return (row is not None and row["settings"] == rung.mode.train
+            and row["made"].get("task_version") == TASKS[rung.task].version)
+
+
 def calibrate(ladder: Ladder, *, cache, out, device: str = "cpu", jobs: int = 1, names=None, bar: bool = True,
               command: str = "", train: bool = True) -> dict:
     """Train the ladder's rungs (those named, else all) in order, writing the table after each; returns it.
-    The table has every rung: those not named (or not trained) from finished runs, else marked pending."""
+    The table has every rung: those not named (or not trained) from finished runs in `cache`, else from the
+    table already in `out` where that row was made with the same settings (it keeps where it was made), else
+    marked pending."""
+    from ..store import device_description, git_revision
     unknown = sorted(set(names or ()) - {r.name for r in ladder.rungs})
     if unknown:
         raise ValueError(f"unknown rung(s) {', '.join(map(repr, unknown))}; rungs are "
                          f"{', '.join(repr(r.name) for r in ladder.rungs)}")
+    earlier = earlier_rows(out, ladder)
+    here = {"device": device_description(device), "revision": git_revision(), "command": command}
     table = {"ladder": ladder.name, "reference": ladder.reference, "control": ladder.control,
              "seeds": list(ladder.seeds),
              "separation": SEPARATION, "reference_range": list(REFERENCE_RANGE), "command": command, "rungs": []}
@@ -118,7 +143,10 @@ def calibrate(ladder: Ladder, *, cache, out, device: str = "cpu", jobs: int = 1,
         try:
             results = run_study(rung.mode, cache=cache, device=device, jobs=jobs, train=trains, bar=bar)
         except RuntimeError as e:
-            table["rungs"].append({**base, **({"error": str(e)} if trains else {"pending": True})})
+            if not trains and carried(earlier.get(rung.name), rung):
+                table["rungs"].append(earlier[rung.name])
+            else:
+                table["rungs"].append({**base, **({"error": str(e)} if trains else {"pending": True})})
             continue
         s = summarise(rung.mode, results)[rung.task]
         ref, control = s["rows"][ladder.reference], s["rows"][ladder.control]
@@ -126,7 +154,7 @@ def calibrate(ladder: Ladder, *, cache, out, device: str = "cpu", jobs: int = 1,
             **base, "test_images": s["test_images"],
             "rows": {n: {k: row[k] for k in ("accuracy", "mean", "std", "test_se", "converged", "seconds")}
                      for n, row in s["rows"].items()},
-            "verdict": verdict(ref, control)})
+            "verdict": verdict(ref, control), "made": {**here, "task_version": TASKS[rung.task].version}})
         write_table(out, table, device)
     chosen = next((r["name"] for r in table["rungs"] if r.get("verdict", {}).get("separates")), None)
     table["chosen"] = chosen
@@ -178,9 +206,24 @@ def markdown(table: dict) -> str:
                      f"{minutes:.0f} |")
     chosen = table.get("chosen")
     lines += ["", f"Chosen rung: **{chosen}**." if chosen else
-              "No rung separates: the study has no rung to run on (see the rows for how far each came).", "",
-              f"Device: {table['device']}. Revision {table['revision']}. Command: `{table['command']}`.", ""]
-    return "\n".join(lines)
+              "No rung separates: the study has no rung to run on (see the rows for how far each came).", ""]
+    return "\n".join(lines + _provenance(table) + [""])
+
+
+def _provenance(table: dict) -> list:
+    """Where the measured rows were made: one line when one session made them all, else one per (device,
+    revision, command) with its rungs."""
+    whole = {k: table.get(k) for k in ("device", "revision", "command")}
+    groups = {}
+    for r in table["rungs"]:
+        if "rows" in r:
+            made = r.get("made", whole)
+            groups.setdefault((made["device"], made["revision"], made["command"]), []).append(r["name"])
+    if len(groups) <= 1:
+        device, revision, command = next(iter(groups), (whole["device"], whole["revision"], whole["command"]))
+        return [f"Device: {device}. Revision {revision}. Command: `{command}`."]
+    return [f"Rows {', '.join(names)}: device {device}, revision {revision}, command `{command}`."
+            for (device, revision, command), names in groups.items()]
 
 
 def excerpt_markdown(table: dict) -> str:
@@ -197,5 +240,5 @@ def smoke_ladder(ladder: Ladder) -> Ladder:
     return dataclasses.replace(ladder, rungs=rungs)
 
 
-__all__ = ["LADDERS", "Ladder", "REFERENCE_RANGE", "Rung", "SEPARATION", "calibrate", "excerpt_markdown",
-           "load_ladder", "markdown", "smoke_ladder", "verdict"]
+__all__ = ["LADDERS", "Ladder", "REFERENCE_RANGE", "Rung", "SEPARATION", "calibrate", "carried", "earlier_rows",
+           "excerpt_markdown", "load_ladder", "markdown", "smoke_ladder", "verdict"]

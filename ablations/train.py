@@ -366,7 +366,7 @@ def train(config: TrainConfig, out_dir, *, resume: bool = True, device: str | No
         scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
         autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if dtype is not None else None
 
-        step, history, curve = 0, [], []
+        step, history, curve, before = 0, [], [], 0.0  # before: seconds spent in earlier sessions of the run
         last = out / "last.pth"
         if resume and last.exists():
             state = torch.load(last, map_location="cpu", weights_only=True)
@@ -380,6 +380,7 @@ def train(config: TrainConfig, out_dir, *, resume: bool = True, device: str | No
             if scaler is not None and "scaler" in state:
                 scaler.load_state_dict(state["scaler"])
             step, history, curve = int(state["step"]), list(state["history"]), list(state.get("curve", []))
+            before = float(state.get("seconds", 0.0))
             _set_rng_state(state["rng"])
         net = model
         if ddp.world > 1:
@@ -390,7 +391,8 @@ def train(config: TrainConfig, out_dir, *, resume: bool = True, device: str | No
             _sync_buffers(model, ddp)
             if ddp.main:
                 extra = {"optimizer": optimizer.state_dict(), "step": path_step, "history": history, "curve": curve,
-                         "rng": _rng_state(), "train_config": config.to_dict()}
+                         "rng": _rng_state(), "train_config": config.to_dict(),
+                         "seconds": before + time.perf_counter() - started}
                 if ema is not None:
                     extra["model_ema"] = ema.module.state_dict()
                 if scaler is not None:
@@ -487,7 +489,7 @@ def train(config: TrainConfig, out_dir, *, resume: bool = True, device: str | No
             "final_loss": history[-1][1] if history else None,
             "history": history,
             "curve": curve,
-            "seconds": time.perf_counter() - started,
+            "seconds": before + time.perf_counter() - started,  # every session of the run, not only the last
             "weights_sha256": weights_digest(model),
             "checkpoint": str(out / "final.pth"),
         }

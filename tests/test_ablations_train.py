@@ -2,6 +2,7 @@
 ImageFolder data, the schedule, EMA and the configuration checks."""
 import json
 import math
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -36,9 +37,15 @@ def test_interrupted_run_resumes_to_the_same_state(tmp_path):
 
     with pytest.raises(Interrupted):
         train(config, tmp_path / "cut", bar=False, stop=lambda step: step == 5)
-    assert torch.load(tmp_path / "cut" / "last.pth", weights_only=True)["step"] == 4
+    cut = torch.load(tmp_path / "cut" / "last.pth", weights_only=True)
+    assert cut["step"] == 4
     assert not (tmp_path / "cut" / "final.pth").exists()
+    began = time.perf_counter()
     resumed = train(config, tmp_path / "cut", bar=False)
+    session = time.perf_counter() - began
+    # the run's time counts both sessions: the first up to its checkpoint, then the resumed one
+    assert cut["seconds"] > 0
+    assert cut["seconds"] + 0.5 * session < resumed["seconds"] <= cut["seconds"] + session
 
     assert resumed["weights_sha256"] == whole["weights_sha256"]  # bit for bit, drop-path included
     assert resumed["history"] == whole["history"]

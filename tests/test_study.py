@@ -85,11 +85,12 @@ def test_statistics_against_values_worked_by_hand():
     assert m == 2.0 and math.isclose(hi - m, 4.303 / math.sqrt(3)) and math.isclose(m - lo, hi - m)
     assert t95(2) == 4.303 and t95(12) == t95(10) and t95(100) == 1.96
     assert math.isclose(binomial_se(0.5, 400), 0.025)
-    curve = [[s, 0.9 + (0.001 if s % 2 else 0.0)] for s in range(1, 11)]
-    assert flat_tail(curve, 10, 512)["flat"] is True
-    rising = [[s, 0.5 + 0.05 * s] for s in range(1, 11)]
-    assert flat_tail(rising, 10, 512)["flat"] is False
-    assert flat_tail([[10, 0.9]], 10, 512)["flat"] is None  # one point cannot show a flat curve
+    curve = [[s, 0.9 + (0.001 if s % 2 else 0.0)] for s in range(1, 26)]  # 5 points after step 20 of 25
+    assert flat_tail(curve, 25, 512) == {"flat": True, "points": 5, "spread": pytest.approx(0.1),
+                                         "tolerance": pytest.approx(100 * 2 * binomial_se(0.9006, 512))}
+    rising = [[s, 0.5 + 0.02 * s] for s in range(1, 26)]
+    assert flat_tail(rising, 25, 512)["flat"] is False
+    assert flat_tail(curve[:10], 10, 512)["flat"] is None  # 2 points in the last fifth: too few to judge
 
 
 def test_a_small_study_runs_resumes_and_reports(tmp_path):

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import evmamba
-from ablations.study import GLOBAL_CONTROL_SIGMAS, mean_std, paired_interval
+from ablations.study import GLOBAL_CONTROL_SIGMAS, flat_tail, mean_std, paired_interval
 from ablations.study.report import excerpt_markdown, report_markdown
+from ablations.study.runner import converged
 from ablations.study.tasks import pictures
 from evmamba.study_models import STUDY_DIR, study_models
 
@@ -42,6 +43,9 @@ def test_the_committed_numbers_follow_from_the_runs(study):
             assert accs == row["accuracy"] and all(r["test"]["images"] == t["test_images"] for r in runs)
             assert (row["mean"], row["std"]) == pytest.approx(mean_std(accs))
             assert row["std"] <= 2.0, f"{task} {name}: seed std {row['std']:.2f} > 2 points"
+            m = study["settings"]
+            assert row["converged"] == converged([flat_tail(r["curve"], m["steps"], m["curve_images"])["flat"]
+                                                  for r in runs])
             if name != ref:
                 assert row["difference"] == pytest.approx(list(paired_interval(accs, t["rows"][ref]["accuracy"])))
         c = t["control"]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from evmamba.files import atomic_write_text
 
-from .runner import GLOBAL_CONTROL_SIGMAS, TRAIN_KEYS, StudyMode, load_study, run_study, summarise
+from .runner import GLOBAL_CONTROL_SIGMAS, TAIL_POINTS, TRAIN_KEYS, StudyMode, load_study, run_study, summarise
 from .tasks import TASKS
 
 SEPARATION = 10.0  # points the control must lose
@@ -172,7 +172,7 @@ def write_table(out, table: dict, device: str):
 
 
 def _cell(row: dict) -> str:
-    flag = "" if row["converged"] else " (not flat)"
+    flag = {True: "", False: " (not flat)", None: " (too few curve points)"}[row["converged"]]
     return f"{row['mean']:.1f} ± {row['std']:.1f}{flag}"
 
 
@@ -187,7 +187,8 @@ def markdown(table: dict) -> str:
         f"{', '.join(map(str, table['seeds']))}; test accuracy (%) mean ± seed std. A rung separates when "
         f"{control} is at least {table['separation']:g} points below {ref} (and by more than "
         f"{GLOBAL_CONTROL_SIGMAS:g} times its seed std, at least its test-set standard error) with {ref} between "
-        f"{lo:g}% and {hi:g}%. \"not flat\": some seed's curve moved over the last fifth of training.",
+        f"{lo:g}% and {hi:g}%. \"not flat\": some seed's curve moved over the last fifth of training (judged on at "
+        f"least {TAIL_POINTS} curve points there).",
         "",
         f"| rung | steps | train images | {ref} | {control} | gap | separates | training minutes |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",

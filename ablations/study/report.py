@@ -18,7 +18,7 @@ from pathlib import Path
 
 from evmamba.files import atomic_write_text
 
-from .runner import binomial_se, load_study, run_study, summarise
+from .runner import TAIL_POINTS, binomial_se, load_study, run_study, summarise
 
 SMOKE = {"steps": 4, "train_images": 64, "test_images": 32, "curve_images": 16, "eval_every": 2, "batch_size": 8,
          "bn_batches": 1, "save_every": 0, "warmup_steps": 1, "workers": 0}
@@ -273,6 +273,12 @@ def _ratio(v) -> str:
     return "-" if v is None or v != v else f"{v:.3f}"
 
 
+def _converged(row: dict) -> str:
+    if row["converged"] is None:
+        return f"not judged ({min(c['points'] for c in row['curves'])} curve points in the last fifth)"
+    return "yes" if row["converged"] else "no"
+
+
 def accuracy_tables(data: dict) -> list[str]:
     """The per-task accuracy tables of a study.json, with each task's control verdict."""
     lines = []
@@ -286,7 +292,7 @@ def accuracy_tables(data: dict) -> list[str]:
             diff = r.get("difference")
             dtext = "-" if diff is None else f"{diff[0]:+.1f} ({diff[1]:+.1f} to {diff[2]:+.1f})"
             lines.append(f"| {name} | {', '.join(f'{a:.1f}' for a in r['accuracy'])} | {_pm(r['mean'], r['std'])} "
-                         f"| {dtext} | {'yes' if r['converged'] else 'no'} |")
+                         f"| {dtext} | {_converged(r)} |")
         se = max(r["test_se"] for r in t["rows"].values())
         worst = 100 * binomial_se(0.5, t["test_images"])
         lines += ["", f"Binomial standard error of one accuracy on these {t['test_images']} test images: at most "
@@ -321,8 +327,9 @@ def report_markdown(data: dict) -> str:
              f"batches, tested on {m['test_images']} images of the fixed test seed {m['test_seed']}. "
              "Designs of one seed read the same images in the same order, so differences are paired by seed; "
              "the interval is Student's t over the seeds. Converged: every seed's curve (the test accuracy on "
-             f"the first {m['curve_images']} test images every {m['eval_every']} steps) stays within max(1 point, "
-             "2 binomial standard errors) of its mean over the last fifth of training.", "",
+             f"the first {m['curve_images']} test images every {m['eval_every']} steps) has at least {TAIL_POINTS} "
+             "points in the last fifth of training, all within max(1 point, 2 binomial standard errors) of their "
+             "mean.", "",
              "## Accuracy", "", *accuracy_tables(data),
              "![training curves](figures/curves.png)", ""]
     if data["erf_ratios"]:

@@ -238,17 +238,26 @@ def binomial_se(p: float, n: int) -> float:
     return math.sqrt(max(p * (1 - p), 0.0) / n)
 
 
+TAIL_POINTS = 5  # curve points a run needs in its last fifth before it can be judged converged
+
+
 def flat_tail(curve, steps: int, images: int, head: int = 0) -> dict:
-    """Is the training curve flat over the last fifth of training? Its points there (step > 4/5 of the
-    steps) must all lie within max(1 point, 2 binomial standard errors of the curve's test images) of their
-    mean. Returns {"flat", "points", "spread" (max - min, points), "tolerance"}."""
+    """Is the training curve flat over the last fifth of training? It needs at least TAIL_POINTS points there
+    (step > 4/5 of the steps; fewer: "flat" is None, not judged), all within max(1 point, 2 binomial standard
+    errors of the curve's test images) of their mean. Returns {"flat", "points", "spread" (max - min,
+    points), "tolerance"}."""
     tail = [p[1 + head] for p in curve if p[0] > 0.8 * steps]
-    if len(tail) < 2:
+    if len(tail) < TAIL_POINTS:
         return {"flat": None, "points": len(tail), "spread": math.nan, "tolerance": math.nan}
     m = sum(tail) / len(tail)
     tol = max(0.01, 2 * binomial_se(m, images))
     return {"flat": all(abs(v - m) <= tol for v in tail), "points": len(tail),
             "spread": 100 * (max(tail) - min(tail)), "tolerance": 100 * tol}
+
+
+def converged(flats) -> bool | None:
+    """Every run flat: True; some run moving: False; else (some run with too few tail points) None."""
+    return False if False in flats else None if None in flats else True
 
 
 def summarise(mode: StudyMode, results: dict) -> dict:
@@ -266,7 +275,7 @@ def summarise(mode: StudyMode, results: dict) -> dict:
             flats = [flat_tail(results[(name, task, s)].get("curve", []), mode.train["steps"],
                                mode.train["curve_images"]) for s in mode.seeds]
             row = {"accuracy": accs, "mean": m, "std": sd, "test_se": 100 * binomial_se(m / 100, n_test),
-                   "converged": all(f["flat"] for f in flats), "curves": flats,
+                   "converged": converged([f["flat"] for f in flats]), "curves": flats,
                    "seconds": [results[(name, task, s)]["seconds"] for s in mode.seeds]}
             if name != mode.reference:
                 row["difference"] = paired_interval(accs, ref)
@@ -291,5 +300,5 @@ def summarise(mode: StudyMode, results: dict) -> dict:
     return out
 
 
-__all__ = ["Design", "STUDY_FILE", "Study", "StudyMode", "binomial_se", "flat_tail", "items", "load_study",
-           "mean_std", "paired_interval", "run_study", "summarise", "t95"]
+__all__ = ["Design", "STUDY_FILE", "Study", "StudyMode", "TAIL_POINTS", "binomial_se", "converged", "flat_tail",
+           "items", "load_study", "mean_std", "paired_interval", "run_study", "summarise", "t95"]

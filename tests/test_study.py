@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+import evmamba
 from ablations.study import (
     binomial_se,
     flat_tail,
@@ -43,6 +44,7 @@ eval_every = 1
 curve_images = 8
 erf_images = 2
 keep = ["ES2D"]
+erf_designs = ["ES2D", "scan-free"]
 ship_task = "markers"
 """
 
@@ -127,6 +129,27 @@ def test_a_small_study_runs_resumes_and_reports(tmp_path):
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000
     levels = {(r["level"], r["when"]) for r in data["erf_ratios"]}
     assert levels == {(lv, w) for lv in ("block", "stage") for w in ("initialisation", "trained")}
+    # every seed of the ERF designs: ES2D all routes and each of its 4, scan-free all routes only
+    over = {(r["design"], r["level"], r["route"], r["when"]): r for r in data["erf_over_seeds"]}
+    es2d_routes = [r.name for r in evmamba.scan_routes("es2d", 8, 8, 2).routes]
+    assert sorted({(d, r) for d, _, r, _ in over}) == sorted([("ES2D", "all"), *(("ES2D", r) for r in es2d_routes),
+                                                              ("scan-free", "all")])
+    assert len(over) == 6 * 3 * 2  # those routes, 3 levels, initialisation and trained
+    for r in over.values():
+        assert r["seeds"] == 2 and len(r["0.5"]["values"]) == 2
+        assert (r["0.5"]["mean"], r["0.5"]["std"]) == pytest.approx(mean_std(r["0.5"]["values"]), nan_ok=True)
+    # a scan-free run is analysed as it was trained: its scans replaced by the identity
+    from ablations.study.analysis import as_run
+    model, x = initial_model(results[("scan-free", "markers", 0)]), torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        plain = model(x)
+        with as_run(model, results[("scan-free", "markers", 0)]):
+            free_out = model(x)
+        with as_run(model, results[("ES2D", "markers", 0)]):
+            assert torch.equal(model(x), plain)
+    assert not torch.allclose(free_out, plain)
+    assert {lv for _, lv, _, _ in over} == {"block, stage 0", "stage 0", "stage 1"}
+    assert "## Receptive fields over seeds" in (out / "study.md").read_text()
     shipped = json.loads((out / "manifest.json").read_text())["shipped"]
     assert list(shipped) == ["markers"]
     state, meta = read_compact(tmp_path / "ship" / "markers.pt")

@@ -4,6 +4,7 @@ same model at initialisation, and route contributions (accuracy and logit margin
     model = trained_model(run)             # a kept run's weights (ablations.study.run_study)
     model = initial_model(run)             # the same network as the trainer initialised it
     fields = erfs(model, images, level="block")           # RouteERFs: all routes, then each route
+    with as_run(model, run): ...                          # a scan-free run's model as it was trained
     effects = route_effects(model, images, labels)          # one row per route removed (and all of them)
     pictures = study_pictures("study:markers", 8)           # a shipped model's test images, as pictures
 """
@@ -62,18 +63,27 @@ def study_pictures(source, count: int, start: int = 0) -> list:
     return pictures(meta["task"], count, meta["image_size"], meta["test_seed"], start)
 
 
-def erfs(model, images: torch.Tensor, level: str, inputs: str = ""):
-    """Per-route ERFs of `model` on task `images`: level "block" is the last EVSS block of the first stage
-    (stage 0) on the features it receives (the grid the scans read); "stage" is the network from the image
-    to the end of that stage (the map over pixels)."""
+def erfs(model, images: torch.Tensor, level: str, inputs: str = "", *, stage: int = 0, routes: bool = True):
+    """Per-route ERFs of `model` on task `images`: level "block" is the last EVSS block of stage `stage` on
+    the features it receives (the grid the scans read); "stage" is the network from the image to the end of
+    that stage (the map over pixels). routes=False: all routes together only."""
     from evmamba.analysis.erf import block_erf, captured_inputs, network_erf
     if level == "stage":
-        return network_erf(model, images, 0, bar=False, method="autograd", inputs=inputs)
+        return network_erf(model, images, stage, bar=False, method="autograd", inputs=inputs, routes=routes)
     if level != "block":
         raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
-    name, block = model.evss_block(0, len(model.layers[0].blocks) - 1)
-    features = captured_inputs(model, block, images, 0)
-    return block_erf(block, features, bar=False, method="autograd", name=name, inputs=inputs)
+    name, block = model.evss_block(stage, len(model.layers[stage].blocks) - 1)
+    features = captured_inputs(model, block, images, stage)
+    return block_erf(block, features, bar=False, method="autograd", name=name, inputs=inputs, routes=routes)
+
+
+def as_run(model, run: dict):
+    """Context: the model as its run trained and tested it (a scan-free run's scans replaced by the
+    identity; any other run as it is)."""
+    import contextlib
+
+    from evmamba.analysis.interventions import scan_replaced_by_identity
+    return scan_replaced_by_identity(model) if run["config"].get("scan_free") else contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -107,4 +117,5 @@ def route_effects(model, images: torch.Tensor, labels: torch.Tensor) -> list[dic
     return rows
 
 
-__all__ = ["LEVELS", "erfs", "initial_model", "route_effects", "study_pictures", "test_images", "trained_model"]
+__all__ = ["LEVELS", "as_run", "erfs", "initial_model", "route_effects", "study_pictures", "test_images",
+           "trained_model"]

@@ -70,7 +70,7 @@ def write_report(out: Path, mode, summary: dict, results: dict, *, device: str, 
     started = time.perf_counter()
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    steps = tqdm(total=4 + bool(ship), desc="study report", disable=not bar)
+    steps = tqdm(total=5 + bool(ship), desc="study report", disable=not bar)
     save_png(curves_figure(mode, results), out / "figures" / "curves.png")
     steps.update(1)
     analysis = trained_analysis(mode, results)
@@ -84,11 +84,14 @@ def write_report(out: Path, mode, summary: dict, results: dict, *, device: str, 
     steps.update(1)
     save_png(route_effects_figure(analysis["effects"], mode), out / "figures" / "route_effects.png")
     steps.update(1)
+    seed_ratios = erf_over_seeds(mode, results, bar=bar)
+    steps.update(1)
     shipped = ship_models(mode, results, ship) if ship else None
     if ship:
         steps.update(1)
     data = {"mode": mode.name, "reference": mode.reference, "device": device_description(device),
             "command": command, "settings": mode.train, "summary": summary, "erf_ratios": analysis["ratios"],
+            "erf_over_seeds": seed_ratios,
             "effects": analysis["effects"],
             "runs": {f"{d}|{t}|{s}": {"curve": r.get("curve", []), "test": r["test"], "seconds": r["seconds"],
                                       "weights_sha256": r["weights_sha256"], "config": r["config"]}
@@ -155,6 +158,46 @@ def trained_analysis(mode, results) -> dict:
 
 
 EFFECT_IMAGES = 1024  # test images for the route effects
+# the ERFs measured on every seed of mode.erf_designs: (level, stage) by name
+SEED_LEVELS = {"block, stage 0": ("block", 0), "stage 0": ("stage", 0), "stage 1": ("stage", 1)}
+SEED_THRESHOLDS = ("0.2", "0.5", "0.99")
+
+
+def erf_over_seeds(mode, results, bar: bool = False) -> list[dict]:
+    """Area ratios of the ERFs (all routes, and each route alone except for a scan-free design) of every seed
+    of mode.erf_designs on the ship task's test images, at initialisation and trained, at the levels of
+    SEED_LEVELS: one row per (design, level, route, when) with each threshold's values over the seeds and
+    their mean and std (NaN where some seed's square does not qualify)."""
+    from tqdm.auto import tqdm
+
+    from .analysis import as_run, erfs, initial_model, test_images, trained_model
+    from .runner import mean_std
+    values = {}
+    pairs = [(name, seed) for name in mode.erf_designs for seed in mode.seeds]
+    for name, seed in tqdm(pairs, desc="ERFs over seeds", disable=not bar or not pairs):
+        run = results[(name, mode.ship_task, seed)]
+        scan_free = bool(run["config"].get("scan_free"))
+        images, _ = test_images(run, mode.erf_images)
+        for when, model in (("initialisation", initial_model(run)), ("trained", trained_model(run))):
+            with as_run(model, run):
+                for level, (kind, stage) in SEED_LEVELS.items():
+                    convention = ERF_CONVENTION[kind]
+                    r = erfs(model, images, kind, stage=stage, routes=not scan_free)
+                    for e in r.all():
+                        got = e.area_ratios(tuple(float(t) for t in SEED_THRESHOLDS), convention)
+                        key = (name, level, "all" if e.route is None else e.route_name, when)
+                        values.setdefault(key, {"convention": convention, "seeds": []})["seeds"].append(
+                            {t: got[float(t)] for t in SEED_THRESHOLDS})
+    rows = []
+    for (name, level, route, when), v in values.items():
+        row = {"design": name, "level": level, "route": route, "when": when, "convention": v["convention"],
+               "seeds": len(v["seeds"])}
+        for t in SEED_THRESHOLDS:
+            xs = [s[t] for s in v["seeds"]]
+            m, sd = mean_std(xs) if all(x == x for x in xs) else (float("nan"), float("nan"))
+            row[t] = {"values": xs, "mean": m, "std": sd}
+        rows.append(row)
+    return rows
 
 
 def curves_figure(mode, results):
@@ -269,6 +312,10 @@ def _pm(m, s) -> str:
     return f"{m:.1f} ± {s:.1f}"
 
 
+def _pm_ratio(v: dict) -> str:
+    return "-" if v["mean"] != v["mean"] else f"{v['mean']:.3f} ± {v['std']:.3f}"
+
+
 def _ratio(v) -> str:
     return "-" if v is None or v != v else f"{v:.3f}"
 
@@ -349,6 +396,22 @@ def report_markdown(data: dict) -> str:
                 _ratio(x.get(k)) for x in (r, t) for k in ("0.2", "0.5", "0.99")) + " |")
         lines += ["", "![block-level ERFs](figures/erf_block.png)", "", "![stage-level ERFs](figures/erf_stage.png)",
                   ""]
+    if data.get("erf_over_seeds"):
+        lines += ["## Receptive fields over seeds", "",
+                  f"Area ratios (mean ± std over {max(r['seeds'] for r in data['erf_over_seeds'])} seeds) of the "
+                  "ERF of all routes and of each route alone, on each seed's own trained network and on "
+                  "the same network at initialisation; conventions as above (the block level on the stage-0 "
+                  "grid, cell-centred; the stage levels over pixels, RepLKNet's):", "",
+                  "| design | level | route | init t=0.2 | trained t=0.2 | init t=0.5 | trained t=0.5 | init t=0.99 "
+                  "| trained t=0.99 |", "|---|---|---|---|---|---|---|---|---|"]
+        index = {(r["design"], r["level"], r["route"], r["when"]): r for r in data["erf_over_seeds"]}
+        for (design, level, route, when), r in index.items():
+            if when != "initialisation":
+                continue
+            t = index.get((design, level, route, "trained"))
+            cells = [_pm_ratio(x[k]) if x else "-" for k in SEED_THRESHOLDS for x in (r, t)]
+            lines.append(f"| {design} | {level} | {route} | " + " | ".join(cells) + " |")
+        lines.append("")
     if data["effects"]:
         lines += ["## Route contributions", "", "Accuracy (%) and mean correct-class logit margin with each route's "
                   "scan output removed from every mixer (trained, first seed):", "",

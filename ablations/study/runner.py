@@ -28,7 +28,8 @@ TRAIN_KEYS = {"image_size": int, "train_images": int, "test_images": int, "test_
               "batch_size": int, "lr": float, "min_lr": float, "warmup_steps": int, "weight_decay": float,
               "label_smoothing": float, "bn_batches": int, "eval_every": int, "curve_images": int, "save_every": int,
               "workers": int}
-MODE_KEYS = {"seeds": list, "runs": dict, "erf_images": int, "keep": list, "ship_task": str, **TRAIN_KEYS}
+MODE_KEYS = {"seeds": list, "runs": dict, "erf_images": int, "keep": list, "ship_task": str, "erf_designs": list,
+             **TRAIN_KEYS}
 # how near "near the full model" is, for the conv-only control on a local task (accuracy points)
 LOCAL_CONTROL_MARGIN = 2.0
 # a control is "clearly worse" when below the full model by more than this many of its seed std
@@ -56,6 +57,7 @@ class StudyMode:
     erf_images: int
     keep: tuple  # designs whose first-seed weights are kept
     ship_task: str
+    erf_designs: tuple = ()  # designs whose every seed's weights are kept: ERF ratios over seeds (ship task)
 
     def configs(self):
         """(design, task, seed, TrainConfig) for every run of this mode, task by task, seed by seed."""
@@ -83,7 +85,8 @@ class Study:
         s = self.modes[name]
         return StudyMode(name, self.designs, self.reference, tuple(s["seeds"]),
                          {t: tuple(v) for t, v in s["runs"].items()}, {k: s[k] for k in TRAIN_KEYS if k in s},
-                         s.get("erf_images", 16), tuple(s.get("keep", ())), s.get("ship_task", ""))
+                         s.get("erf_images", 16), tuple(s.get("keep", ())), s.get("ship_task", ""),
+                         tuple(s.get("erf_designs", ())))
 
 
 def _design(name: str, spec) -> Design:
@@ -126,6 +129,11 @@ def load_study(path=None) -> Study:
                                  f"designs are {', '.join(map(repr, designs))}")
             if reference not in names:
                 raise ValueError(f"{path} [{name}] runs.{task}: the reference design {reference!r} must be run")
+        shipped = s.get("runs", {}).get(s.get("ship_task", ""), ())
+        absent = [n for n in s.get("erf_designs", ()) if n not in shipped]
+        if absent:
+            raise ValueError(f"{path} [{name}] erf_designs: {', '.join(map(repr, absent))} not run on the ship task "
+                             f"{s.get('ship_task', '')!r} (its designs: {', '.join(map(repr, shipped))})")
         modes[name] = s
     study = Study(designs, reference, modes)
     for name in modes:
@@ -139,7 +147,8 @@ def items(mode: StudyMode, cache: Path, device: str) -> list[TrainItem]:
     out = []
     for d, task, seed, cfg in mode.configs():
         config = cfg.to_dict()
-        keep = d.name in mode.keep and seed == mode.seeds[0]
+        keep = (d.name in mode.keep and seed == mode.seeds[0]) or (d.name in mode.erf_designs
+                                                                  and task == mode.ship_task)
         item = StudyItem(d.model, task, seed, config, "", device, keep=keep, design=d.name)
         folder = Path(cache) / "runs" / f"{item.name}-{config_hash(config)}"
         out.append(dataclasses.replace(item, folder=str(folder)))

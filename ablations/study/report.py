@@ -312,6 +312,13 @@ def _pm(m, s) -> str:
     return f"{m:.1f} ± {s:.1f}"
 
 
+def _init_and_trained(rows):
+    """((design, level, route), its row at initialisation, its trained row or None) for ERF-ratio rows."""
+    index = {(r["design"], r["level"], r["route"], r["when"]): r for r in rows}
+    return [(key[:3], r, index.get((*key[:3], "trained"))) for key, r in index.items()
+            if key[3] == "initialisation"]
+
+
 def _pm_ratio(v: dict) -> str:
     return "-" if v["mean"] != v["mean"] else f"{v['mean']:.3f} ± {v['std']:.3f}"
 
@@ -387,13 +394,9 @@ def report_markdown(data: dict) -> str:
                   "block level (an 8x8 grid) in the cell-centred one (every side):", "",
                   "| design | level | route | init t=0.2 | init t=0.5 | init t=0.99 | trained t=0.2 | trained t=0.5 "
                   "| trained t=0.99 |", "|---|---|---|---|---|---|---|---|---|"]
-        index = {(r["design"], r["level"], r["route"], r["when"]): r for r in data["erf_ratios"]}
-        for (design, level, route, when), r in index.items():
-            if when != "initialisation":
-                continue
-            t = index.get((design, level, route, "trained"), {})
+        for (design, level, route), r, t in _init_and_trained(data["erf_ratios"]):
             lines.append(f"| {design} | {level} | {route} | " + " | ".join(
-                _ratio(x.get(k)) for x in (r, t) for k in ("0.2", "0.5", "0.99")) + " |")
+                _ratio((x or {}).get(k)) for x in (r, t) for k in ("0.2", "0.5", "0.99")) + " |")
         lines += ["", "![block-level ERFs](figures/erf_block.png)", "", "![stage-level ERFs](figures/erf_stage.png)",
                   ""]
     if data.get("erf_over_seeds"):
@@ -404,11 +407,7 @@ def report_markdown(data: dict) -> str:
                   "grid, cell-centred; the stage levels over pixels, RepLKNet's):", "",
                   "| design | level | route | init t=0.2 | trained t=0.2 | init t=0.5 | trained t=0.5 | init t=0.99 "
                   "| trained t=0.99 |", "|---|---|---|---|---|---|---|---|---|"]
-        index = {(r["design"], r["level"], r["route"], r["when"]): r for r in data["erf_over_seeds"]}
-        for (design, level, route, when), r in index.items():
-            if when != "initialisation":
-                continue
-            t = index.get((design, level, route, "trained"))
+        for (design, level, route), r, t in _init_and_trained(data["erf_over_seeds"]):
             cells = [_pm_ratio(x[k]) if x else "-" for k in SEED_THRESHOLDS for x in (r, t)]
             lines.append(f"| {design} | {level} | {route} | " + " | ".join(cells) + " |")
         lines.append("")

@@ -16,13 +16,13 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ablations.train import parameter_groups
+from ablations.train import adamw
 from evmamba import ModelConfig, create
 
 
 def stepper(scan: str, size: int, batch: int, backend: str = "auto"):
     model = create(ModelConfig(scan=scan, num_classes=2, backend=backend), seed=0).train()
-    opt = torch.optim.AdamW(parameter_groups(model, 0.05), lr=1e-3)
+    opt = adamw(model, 0.05, 1e-3)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, size, size, generator=g)
     y = torch.randint(0, 2, (batch,), generator=g)

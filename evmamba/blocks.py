@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import probes
-from .depthwise import DepthwiseConv3x3
+from .depthwise import DepthwiseConv3x3, PointwiseConv2d
 from .mixer import SelectiveScan2D
 
 
@@ -78,7 +78,7 @@ class EVSSBlock(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.op = SelectiveScan2D(dim, scan=scan, step=step, backend=backend)
         self.conv_branch = nn.Sequential(
-            DepthwiseConv3x3(dim), nn.BatchNorm2d(dim), nn.GELU(), nn.Conv2d(dim, dim, 1),
+            DepthwiseConv3x3(dim), nn.BatchNorm2d(dim), nn.GELU(), PointwiseConv2d(dim, dim),
         ) if conv_branch else None
         self.se = ChannelGate(dim) if gate else None  # the channel gate; `se` is the authors' checkpoint key
         self.drop_path = DropPath(drop_path)
@@ -108,8 +108,8 @@ class SqueezeExcite(nn.Module):
     def __init__(self, channels: int, ratio: float = 0.125):
         super().__init__()
         hidden = int(channels * ratio)
-        self.conv_reduce = nn.Conv2d(channels, hidden, 1)
-        self.conv_expand = nn.Conv2d(hidden, channels, 1)
+        self.conv_reduce = PointwiseConv2d(channels, hidden)
+        self.conv_expand = PointwiseConv2d(hidden, channels)
 
     def forward(self, x):  # (B, C, H, W)
         g = self.conv_expand(F.relu(self.conv_reduce(x.mean(dim=(2, 3), keepdim=True))))
@@ -119,6 +119,8 @@ class SqueezeExcite(nn.Module):
 def conv_bn(cin, cout, kernel=1, groups=1, relu=True):
     if kernel == 3 and groups == cin == cout:
         conv = DepthwiseConv3x3(cin, bias=False)
+    elif kernel == 1 and groups == 1:
+        conv = PointwiseConv2d(cin, cout, bias=False)
     else:
         conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2, groups=groups, bias=False)
     layers = [conv, nn.BatchNorm2d(cout)]

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import evmamba
-from ablations.train import EMA, Interrupted, TrainConfig, learning_rate, parameter_groups, train, weights_digest
+from ablations.train import (EMA, Interrupted, TrainConfig, adamw, learning_rate, parameter_groups, train,
+                             weights_digest)
 from evmamba import ModelConfig
 
 MODEL = ModelConfig(backend="torch")
@@ -121,6 +122,27 @@ def test_no_weight_decay_on_norms_biases_and_scan_parameters():
     skipped = {names[id(p)].rsplit(".", 1)[-1] for p in no_decay["params"]}
     assert {"A_logs", "Ds", "bias", "weight"} <= skipped  # LayerNorm weights are 1-D
     assert not any(names[id(p)].endswith(("A_logs", "Ds")) for p in decay["params"])
+
+
+def test_the_fused_adamw_makes_the_loops_steps():
+    torch.manual_seed(0)
+    model = evmamba.build_model("tiny", num_classes=2)
+    twin = evmamba.build_model("tiny", num_classes=2)
+    twin.load_state_dict(model.state_dict())
+    start = [p.detach().clone() for p in model.parameters()]
+    fused = adamw(model, 0.05, 1e-3)
+    loop = torch.optim.AdamW(parameter_groups(twin, 0.05), lr=1e-3, foreach=False)
+    assert fused.defaults["fused"]
+    assert [len(g["params"]) for g in fused.param_groups] == [len(g["params"]) for g in loop.param_groups]
+    for _ in range(3):
+        for p, q in zip(model.parameters(), twin.parameters()):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        fused.step()
+        loop.step()
+    for (name, p), q, p0 in zip(model.named_parameters(), twin.parameters(), start):
+        assert (p - p0).abs().max() > 1e-4, name  # three steps of lr 1e-3 moved every parameter
+        assert torch.allclose(p, q, rtol=0, atol=1e-6), name
 
 
 def test_ema_follows_the_weights():

@@ -61,7 +61,7 @@ def _timed(fn):
 def compare(cases: dict, repeats: int, bar) -> dict:
     """Median seconds of each case (name -> {backend: fn}); backends interleaved per repetition, their order
     rotated from one repetition to the next, so that each follows each of the others equally often (a run
-    just after the reference loop's large temporaries measured up to 1.4x slower than the same run just
+    just after the reference loop's large temporaries measured up to 1.5x slower than the same run just
     after another)."""
     times = {name: {b: [] for b in fns} for name, fns in cases.items()}
     for name, fns in cases.items():
@@ -243,7 +243,8 @@ def main(argv=None):
     peaks = {name: peak_memory_mb(backend=name) for name in names[1:]}
 
     print(f"machine: {machine()}; load average before/after: {load_before} / {_load()}")
-    print(f"median of {repeats} interleaved repetitions (the backends' order rotated); scans with K=4, N=16 (batch 1 and d=96 unless named)\n")
+    print(f"median of {repeats} interleaved repetitions (the backends' order rotated); scans with K=4, N=16 "
+          "(batch 1 and d=96 unless named)\n")
     ratios = [("reference", "torch")] + ([("torch", "cpu_fused")] if "cpu_fused" in names else [])
     print(comparison(medians, names, ratios))
     print()

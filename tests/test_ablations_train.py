@@ -10,8 +10,7 @@ import pytest
 import torch
 
 import evmamba
-from ablations.train import (EMA, Interrupted, TrainConfig, adamw, learning_rate, parameter_groups, train,
-                             weights_digest)
+from ablations.train import EMA, Interrupted, TrainConfig, adamw, learning_rate, parameter_groups, train, weights_digest
 from evmamba import ModelConfig
 
 MODEL = ModelConfig(backend="torch")

@@ -1,8 +1,8 @@
 """Training speed on this machine: img/s of one optimiser step (forward, backward, AdamW) of tiny at small
 sizes, per scan and per selective-scan backend (by default `torch` against `cpu_fused`), medians of
 interleaved repeats in one process, the ratio, and (with --profile) where the time goes. --depthwise also
-compares the 3x3 depthwise convolutions of small maps as oneDNN convolutions and as per-channel matrices
-(evmamba.depthwise, the default).
+compares the convolutions of small maps (3x3 depthwise and 1x1) as oneDNN convolutions and as the matrix
+forms of evmamba.depthwise (the default).
 
     python benchmarks/train_speed.py [--sizes 32 64] [--batch 64] [--steps 12] [--threads 2]
                                      [--backends torch cpu_fused] [--depthwise] [--profile]
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--scans", nargs="+", default=["es2d", "ss2d"])
     p.add_argument("--backends", nargs="+", default=["torch", "cpu_fused"], help="selective-scan backends")
-    p.add_argument("--depthwise", action="store_true", help="also time small-map depthwise 3x3 as oneDNN")
+    p.add_argument("--depthwise", action="store_true", help="also time small-map 3x3 and 1x1 convs as oneDNN")
     p.add_argument("--profile", action="store_true", help="the 15 operators with the most self CPU time")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -64,8 +64,9 @@ def main(argv=None) -> int:
                 ts.append(time.perf_counter() - t)
         depthwise.SMALL_MAP = ways["matrices"]
         print(f"tiny, {size}x{size}, batch {args.batch}, {args.threads} thread(s), median of {args.steps} "
-              f"interleaved steps (forward, backward, AdamW)" + (", depthwise 3x3 on small maps as oneDNN or "
-                                                                  "matrices" if args.depthwise else ""))
+              f"interleaved steps (forward, backward, AdamW)" + (", depthwise 3x3 and 1x1 convolutions on "
+                                                                  "small maps as oneDNN or matrices"
+                                                                  if args.depthwise else ""))
         for s in args.scans:
             m = {(b, w): statistics.median(times[s, b, w]) for b in args.backends for w in ways}
             cells = "  ".join(f"{b}{'' if len(ways) == 1 else ' ' + w} {1e3 * t:5.0f} ms/step "

@@ -1,4 +1,5 @@
-"""The 3x3 depthwise convolution of the EVSS blocks, the scan mixers and the inverted-residual blocks.
+"""The 3x3 depthwise and 1x1 convolutions of the EVSS blocks, the scan mixers and the inverted-residual blocks,
+in the forms that train fastest on small CPU maps (both behind one gate, `small_map_training`).
 
 `DepthwiseConv3x3` is an nn.Conv2d (the same parameters, state-dict keys and results) whose training
 forward on tiny maps on a CPU is one matrix per channel: on an H x W map with padding 1, output position
@@ -9,7 +10,8 @@ about 20-30 ms per call (a 64 x 1536 x 1 x 1 batch) against 1-4 ms this way; on 
 positions a whole training step of tiny at 32x32 is 1.11x faster for ES2D and 1.05x for SS2D
 (`python benchmarks/train_speed.py`, 2 cores). On larger maps (where the per-channel matrices cost more
 than they save), in evaluation, under torch.compile and on a GPU the ordinary convolution runs. The two
-agree to float32 rounding (the tests hold them to 1e-5).
+agree to float32 rounding (the tests hold them to 1e-5). `PointwiseConv2d` does the same for the 1x1
+convolutions: one matrix product over the positions (below).
 """
 from __future__ import annotations
 

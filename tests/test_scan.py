@@ -282,6 +282,18 @@ def test_cpu_fused_is_exact_across_chunk_boundaries(monkeypatch, chunk):
     assert_matches_reference(make(2, 4, 3, 5, 150), True, "cpu_fused")
 
 
+@pytest.mark.parametrize("length", [9, 133])
+@pytest.mark.parametrize("softplus", [True, False])
+def test_cpu_fused_short_chunks_of_wide_blocks_match_reference(length, softplus):
+    # 48 channels a group: chunks shorter than 16 tokens take delta's softplus along the channels (all of
+    # L=9; the last 5 tokens of L=133), full chunks along the tokens
+    inputs = make(2, 2, 48, 16, length, seed=length)
+    if not softplus:
+        inputs["delta"] = inputs["delta"].abs()
+        inputs["delta_bias"] = inputs["delta_bias"].abs()
+    assert_matches_reference(inputs, softplus, "cpu_fused")
+
+
 @pytest.mark.parametrize("length", [16384])
 @pytest.mark.parametrize("backend", FAST)
 def test_long_sequences_and_large_steps_stay_finite(length, backend):

@@ -12,7 +12,8 @@ inner loop a contiguous one for LLVM. At: A transposed, (N, channels); D, bias: 
 The vector loops run over the R channels of a block, which share their group's B_t and C_t: for token t
 and state n, h[n, r] = exp(dt[t, r]·A[r, n])·h[n, r] + dt[t, r]·u[t, r]·B[n, t] for every channel r of
 the block at once, the N states of each channel staying in cache. Each chunk's delta, u (and gy) are first
-staged as (T, R) tiles: softplus over a row's contiguous tokens, then one transpose.
+staged as (T, R) tiles (one transpose), delta's softplus running along the longer axis (a channel's tokens
+before the transpose, a token's channels after it) so that it stays a vector loop however short the scan.
 
 The transcendental helpers are written without calls (a polynomial exp with its exponent set through the
 float's bits, a polynomial log1p on [0, 1]) so that LLVM vectorises the loops over the N states; they are
@@ -108,8 +109,25 @@ def delta_row(d, n_t, bias, softplus, dt, sig):
 
 
 @njit(cache=True, fastmath=_FAST, error_model="numpy")
-def stage(b, c0, r_n, t0, n_t, u, dl, gy, st, bias, softplus, row_dt, row_sig, dt, dtu, sig, ut, gyt):
-    """The (T, R) tiles of a chunk: dt, dt·u, d dt/d delta, u and (when gy is given) gy."""
+def delta_tile_row(d, r_n, bias, c0, softplus, sig):
+    """In place over one token's r_n channels: d = softplus(d + bias) (or d + bias), and d dt / d d."""
+    if softplus:
+        for r in range(r_n):
+            z = d[r] + bias[c0 + r]
+            e = fexp(-abs(z))
+            d[r] = max(z, _ZERO) + flog1p_unit(e)
+            inv = _ONE / (_ONE + e)
+            sig[r] = inv * (_ONE if z >= _ZERO else e)
+    else:
+        for r in range(r_n):
+            d[r] = d[r] + bias[c0 + r]
+            sig[r] = _ONE
+
+
+@njit(cache=True, fastmath=_FAST, error_model="numpy")
+def stage_rows(b, c0, r_n, t0, n_t, u, dl, gy, st, bias, softplus, row_dt, row_sig, dt, dtu, sig, ut, gyt):
+    """The (T, R) tiles of a chunk: dt, dt·u, d dt/d delta, u and (when gy is given) gy, delta's bias and
+    softplus running along each channel's tokens before the transpose."""
     for r in range(r_n):
         c = c0 + r
         ou, od = b * st[0, 0] + c * st[0, 1] + t0, b * st[1, 0] + c * st[1, 1] + t0
@@ -128,6 +146,36 @@ def stage(b, c0, r_n, t0, n_t, u, dl, gy, st, bias, softplus, row_dt, row_sig, d
                 gyt[t, r] = grow[t]
 
 
+@njit(cache=True, fastmath=_FAST, error_model="numpy")
+def stage_tiles(b, c0, r_n, t0, n_t, u, dl, gy, st, bias, softplus, dt, dtu, sig, ut, gyt):
+    """The same tiles, delta's bias and softplus running along each token's channels after the transpose."""
+    for r in range(r_n):
+        c = c0 + r
+        ou, od = b * st[0, 0] + c * st[0, 1] + t0, b * st[1, 0] + c * st[1, 1] + t0
+        for t in range(n_t):
+            ut[t, r] = u[ou + t]
+            dt[t, r] = dl[od + t]
+        if gy.shape[0]:
+            og = b * st[2, 0] + c * st[2, 1] + t0
+            for t in range(n_t):
+                gyt[t, r] = gy[og + t]
+    for t in range(n_t):
+        dtt, ust, dtut = dt[t], ut[t], dtu[t]
+        delta_tile_row(dtt, r_n, bias, c0, softplus, sig[t])
+        for r in range(r_n):
+            dtut[r] = dtt[r] * ust[r]
+
+
+@njit(cache=True, fastmath=_FAST, error_model="numpy")
+def stage(b, c0, r_n, t0, n_t, u, dl, gy, st, bias, softplus, row_dt, row_sig, dt, dtu, sig, ut, gyt):
+    """A chunk's tiles, delta's softplus along the longer axis so that it stays a vector loop however short
+    the chunk (at least a vector's 16 floats of tokens: along them)."""
+    if n_t >= min(r_n, 16):
+        stage_rows(b, c0, r_n, t0, n_t, u, dl, gy, st, bias, softplus, row_dt, row_sig, dt, dtu, sig, ut, gyt)
+    else:
+        stage_tiles(b, c0, r_n, t0, n_t, u, dl, gy, st, bias, softplus, dt, dtu, sig, ut, gyt)
+
+
 @njit(cache=True, error_model="numpy")
 def task_block(k, blocks, groups, per_group, R, st, At, D, Ab, Db):
     """Task k's batch element b, group g, first channel c0 and channel count r_n, and the offsets of its B
@@ -137,9 +185,11 @@ def task_block(k, blocks, groups, per_group, R, st, At, D, Ab, Db):
     g = (k // blocks) % groups
     c0 = g * per_group + p * R
     r_n = min(R, per_group - p * R)
-    for i in range(At.shape[0]):
-        Ab[i, :r_n] = At[i, c0:c0 + r_n]
-    Db[:r_n] = D[c0:c0 + r_n]
+    for i in range(At.shape[0]):  # explicit loops: numba's slice assignment costs more than the copy here
+        for r in range(r_n):
+            Ab[i, r] = At[i, c0 + r]
+    for r in range(r_n):
+        Db[r] = D[c0 + r]
     return b, g, c0, r_n, b * st[3, 0] + g * st[3, 1], b * st[4, 0] + g * st[4, 1]
 
 
@@ -159,12 +209,14 @@ def forward_tasks(k0, k1, R, groups, u, dl, Bm, Cm, st, At, D, bias, softplus, T
     no_gy = np.empty(0, np.float32)
     for k in range(k0, k1):
         b, _, c0, r_n, ob, oc = task_block(k, blocks, groups, per_group, R, st, At, D, Ab, Db)
-        h[:, :] = _ZERO
+        h.fill(_ZERO)
         j = 0
         for t0 in range(0, length, T):
             n_t = min(T, length - t0)
             for i in range(n):
-                states[b, j, i, c0:c0 + r_n] = h[i, :r_n]
+                sj, hi = states[b, j, i], h[i]
+                for r in range(r_n):
+                    sj[c0 + r] = hi[r]
             j += 1
             stage(b, c0, r_n, t0, n_t, u, dl, no_gy, st, bias, softplus, row_dt, row_sig, dt, dtu, sig, ut, acc)
             for t in range(n_t):
@@ -180,9 +232,9 @@ def forward_tasks(k0, k1, R, groups, u, dl, Bm, Cm, st, At, D, bias, softplus, T
                         hi[r] = hv
                         acct[r] += cti * hv
             for r in range(r_n):
-                yr = y[b, c0 + r, t0:t0 + n_t]
+                yr = y[b, c0 + r]
                 for t in range(n_t):
-                    yr[t] = acc[t, r]
+                    yr[t0 + t] = acc[t, r]
 
 
 @njit(_SIG_BACKWARD, cache=True, nogil=True, fastmath=_FAST, error_model="numpy")
@@ -209,16 +261,18 @@ def backward_tasks(k0, k1, R, slot, groups, u, dl, gy, Bm, Cm, st, At, D, bias, 
     chunks = states.shape[1]
     for k in range(k0, k1):
         b, g, c0, r_n, ob, oc = task_block(k, blocks, groups, per_group, R, st, At, D, Ab, Db)
-        carry[:, :] = _ZERO
-        dAb[:, :] = _ZERO
-        dDb[:] = _ZERO
-        dbb[:] = _ZERO
+        carry.fill(_ZERO)
+        dAb.fill(_ZERO)
+        dDb.fill(_ZERO)
+        dbb.fill(_ZERO)
         for j in range(chunks - 1, -1, -1):
             t0 = j * T
             n_t = min(T, length - t0)
             stage(b, c0, r_n, t0, n_t, u, dl, gy, st, bias, softplus, row_dt, row_sig, dt, dtu, sig, ut, gyt)
             for i in range(n):
-                hs[0, i, :r_n] = states[b, j, i, c0:c0 + r_n]
+                sj, h0 = states[b, j, i], hs[0, i]
+                for r in range(r_n):
+                    h0[r] = sj[c0 + r]
             for t in range(n_t):
                 dtt, dtut = dt[t], dtu[t]
                 for i in range(n):
@@ -231,8 +285,9 @@ def backward_tasks(k0, k1, R, slot, groups, u, dl, gy, Bm, Cm, st, At, D, bias, 
             for t in range(n_t - 1, -1, -1):
                 tt = t0 + t
                 dtt, dtut, gyr = dt[t], dtu[t], gyt[t]
-                sgb[:r_n] = _ZERO
-                sqa[:r_n] = _ZERO
+                for r in range(r_n):
+                    sgb[r] = _ZERO
+                    sqa[r] = _ZERO
                 for i in range(n):
                     bti = Bm[ob + i * st[3, 2] + tt]
                     cti = Cm[oc + i * st[4, 2] + tt]
@@ -258,14 +313,18 @@ def backward_tasks(k0, k1, R, slot, groups, u, dl, gy, Bm, Cm, st, At, D, bias, 
                     dDb[r] += gyr[r] * ut[t, r]
                     dbb[r] += x
             for r in range(r_n):
-                a, d_ = du[b, c0 + r, t0:t0 + n_t], ddl[b, c0 + r, t0:t0 + n_t]
+                a, d_ = du[b, c0 + r], ddl[b, c0 + r]
                 for t in range(n_t):
-                    a[t] = dut[t, r]
-                    d_[t] = ddt[t, r]
+                    a[t0 + t] = dut[t, r]
+                    d_[t0 + t] = ddt[t, r]
+        # explicit loops: numba's `slice += slice` allocates a temporary each time
         for i in range(n):
-            dAt[slot, i, c0:c0 + r_n] += dAb[i, :r_n]
-        dD[slot, c0:c0 + r_n] += dDb[:r_n]
-        dbias[slot, c0:c0 + r_n] += dbb[:r_n]
+            dAi, dAs = dAb[i], dAt[slot, i]
+            for r in range(r_n):
+                dAs[c0 + r] += dAi[r]
+        for r in range(r_n):
+            dD[slot, c0 + r] += dDb[r]
+            dbias[slot, c0 + r] += dbb[r]
 
 
 @njit(_SIG_FORWARD, cache=True, nogil=True, parallel=True)

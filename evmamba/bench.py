@@ -5,12 +5,13 @@
     python -m evmamba.bench --quick    # fewer repetitions
     python -m evmamba.bench --compile  # also tiny's forward compiled against eager
 
-The backends run in one process, interleaved repetition by repetition, and the table reports medians and
-their ratios, with the machine it ran on: the scan at the study's training shapes (batch 64, K=4, d=96 and
-192, L=16 and 64: tiny's stages at 32x32) and at 224x224 (batch 1, L=784 and 3136), and the tiny model at
-224x224. Accuracy is the relative error (max |diff| / max |ref|) of each fast backend in float32 against
-the reference loop in float64. Peak memory is the resident-set peak of a fresh process that runs one
-forward+backward of the model, and how much of it the pass adds.
+The backends run in one process, the fast ones interleaved repetition by repetition and the reference
+loop after them (see `compare`), and the table reports medians and their ratios, with the machine it ran
+on: the scan at the study's training shapes (batch 64, K=4, d=96 and 192, L=16 and 64: tiny's stages at
+32x32) and at 224x224 (batch 1, L=784 and 3136), and the tiny model at 224x224. Accuracy is the relative
+error (max |diff| / max |ref|) of each fast backend in float32 against the reference loop in float64. Peak
+memory is the resident-set peak of a fresh process that runs one forward+backward of the model, and how
+much of it the pass adds.
 """
 from __future__ import annotations
 
@@ -58,21 +59,34 @@ def _timed(fn):
     return time.perf_counter() - t
 
 
-def compare(cases: dict, repeats: int, bar) -> dict:
-    """Median seconds of each case (name -> {backend: fn}); backends interleaved per repetition, their order
-    rotated from one repetition to the next, so that each follows each of the others equally often (a run
-    just after the reference loop's large temporaries measured up to 1.5x slower than the same run just
-    after another)."""
+APART = ("reference",)
+
+
+def compare(cases: dict, repeats: int, bar, apart=APART) -> dict:
+    """Median seconds of each case (name -> {backend: fn}). The backends not in `apart` are interleaved per
+    repetition, their order rotated from one repetition to the next; those in `apart` (the reference loop)
+    are timed after them, in a block of their own: a cpu_fused forward+backward just after the reference
+    loop took 11.8-16.2 ms against 8.1-8.8 ms after the torch backend (batch 64, d=96, L=16, 2 cores),
+    while the torch backend showed no such effect, so interleaving the reference skewed the ratio between
+    the fast backends. `bar` moves once per repetition of each block."""
     times = {name: {b: [] for b in fns} for name, fns in cases.items()}
     for name, fns in cases.items():
-        for fn in fns.values():  # warm-up
-            fn()
-        order = list(fns)
-        for rep in range(repeats):
-            for backend in order[rep % len(order):] + order[:rep % len(order)]:
-                times[name][backend].append(_timed(fns[backend]))
-            bar.update(1)
+        mixed = [b for b in fns if b not in apart]
+        for block in (mixed, [b for b in fns if b in apart]):
+            if not block:
+                continue
+            for backend in block:  # warm-up
+                fns[backend]()
+            for rep in range(repeats):
+                for backend in block[rep % len(block):] + block[:rep % len(block)]:
+                    times[name][backend].append(_timed(fns[backend]))
+                bar.update(1)
     return {name: {b: statistics.median(ts) for b, ts in per.items()} for name, per in times.items()}
+
+
+def blocks(cases: dict, apart=APART) -> int:
+    """How many timed blocks `compare` runs over `cases` (the progress bar's total is this times repeats)."""
+    return sum(any(b not in apart for b in fns) + any(b in apart for b in fns) for fns in cases.values())
 
 
 FAST = ("torch", "cpu_fused")
@@ -230,21 +244,21 @@ def main(argv=None):
     parser.add_argument("--compile", action="store_true",
                         help="also time tiny's forward compiled against eager (compiling takes a minute or two)")
     args = parser.parse_args(argv)
-    repeats = 3 if args.quick else 9  # multiples of 3: each order of the three backends equally often
+    repeats = 3 if args.quick else 9
 
     load_before = _load()
     names = backends()
     cases = {**scan_cases(args.lengths), **model_cases(scans=("es2d", "ss2d") if args.ss2d else ("es2d",))}
     extra = compile_cases() if args.compile else {}
-    with tqdm(total=repeats * (len(cases) + len(extra)), desc="timing", unit="rep", file=sys.stderr) as bar:
+    with tqdm(total=repeats * (blocks(cases) + blocks(extra)), desc="timing", unit="rep", file=sys.stderr) as bar:
         medians = compare(cases, repeats, bar)
         compiled = compare(extra, repeats, bar)
     errors = accuracy(args.lengths, names[1:])
     peaks = {name: peak_memory_mb(backend=name) for name in names[1:]}
 
     print(f"machine: {machine()}; load average before/after: {load_before} / {_load()}")
-    print(f"median of {repeats} interleaved repetitions (the backends' order rotated); scans with K=4, N=16 "
-          "(batch 1 and d=96 unless named)\n")
+    print(f"median of {repeats} repetitions, {' and '.join(names[1:])} interleaved (their order rotated), the "
+          "reference loop timed after them; scans with K=4, N=16 (batch 1 and d=96 unless named)\n")
     ratios = [("reference", "torch")] + ([("torch", "cpu_fused")] if "cpu_fused" in names else [])
     print(comparison(medians, names, ratios))
     print()

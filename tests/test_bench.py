@@ -32,3 +32,21 @@ def test_scan_cases_cover_the_study_and_224_shapes():
     assert list(cases) == ["scan batch 64 d=96 L=16 forward", "scan batch 64 d=96 L=16 forward+backward",
                            "scan L=784 forward", "scan L=784 forward+backward"]
     assert set(cases["scan L=784 forward"]) == {"reference", "torch", "cpu_fused"}
+
+
+def test_compare_times_the_reference_after_the_interleaved_fast_backends():
+    calls = []
+    cases = {"case": {b: (lambda b=b: calls.append(b)) for b in ("reference", "torch", "cpu_fused")}}
+
+    class Bar:
+        moved = 0
+
+        def update(self, n):
+            self.moved += n
+    bar = Bar()
+    medians = bench.compare(cases, 3, bar)
+    # warm-up, then the fast two rotated, then the reference's warm-up and its three
+    assert calls == ["torch", "cpu_fused", "torch", "cpu_fused", "cpu_fused", "torch", "torch", "cpu_fused",
+                     "reference"] + ["reference"] * 3
+    assert set(medians["case"]) == {"reference", "torch", "cpu_fused"}
+    assert bar.moved == 3 * bench.blocks(cases) == 6

@@ -282,6 +282,14 @@ def test_cpu_fused_is_exact_across_chunk_boundaries(monkeypatch, chunk):
     assert_matches_reference(make(2, 4, 3, 5, 150), True, "cpu_fused")
 
 
+def test_cpu_fused_states_are_for_the_backward_only():
+    x = {k: v.requires_grad_() for k, v in make(2, 4, 3, 5, 150).items()}
+    y, states = cpu_fused.cpu_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["delta_bias"], True, 64)
+    assert y.requires_grad and not states.requires_grad and states.shape == (2, 3, 5, 12)
+    y.sum().backward()
+    assert all(torch.isfinite(v.grad).all() for v in x.values())
+
+
 @pytest.mark.parametrize("length", [9, 133])
 @pytest.mark.parametrize("softplus", [True, False])
 def test_cpu_fused_short_chunks_of_wide_blocks_match_reference(length, softplus):

@@ -232,9 +232,15 @@ def _setup_context(ctx, inputs, output):
     u, delta, A, B, C, D, delta_bias, delta_softplus, chunk = inputs
     ctx.delta_softplus, ctx.chunk = delta_softplus, chunk
     ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, output[1])
+    # the states are for the backward only: no gradient flows into them, and autograd does not fill one with
+    # zeros for each backward (a (batch, chunks, N, channels) fill: a twelfth of a batch-64, L=16 pass)
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, gy, _gstates):
+    if gy is None:  # y took no part in what is differentiated
+        return (None,) * 9
     u, delta, A, B, C, D, delta_bias, states = ctx.saved_tensors
     grads = cpu_scan_backward(u, delta, A, B, C, D, delta_bias, states, gy, ctx.delta_softplus, ctx.chunk)
     return (*grads, None, None)

@@ -93,15 +93,19 @@ def flog1p_unit(e):
 
 
 @njit(cache=True, fastmath=_FAST, error_model="numpy")
+def softplus_slope(z):
+    """softplus(z) and its slope, sigmoid(z), from one exp."""
+    e = fexp(-abs(z))
+    inv = _ONE / (_ONE + e)
+    return max(z, _ZERO) + flog1p_unit(e), inv * (_ONE if z >= _ZERO else e)
+
+
+@njit(cache=True, fastmath=_FAST, error_model="numpy")
 def delta_row(d, n_t, bias, softplus, dt, sig):
     """dt = softplus(d + bias) (or d + bias) for the n_t tokens of d, and d dt / d d."""
     if softplus:
         for t in range(n_t):
-            z = d[t] + bias
-            e = fexp(-abs(z))
-            dt[t] = max(z, _ZERO) + flog1p_unit(e)
-            inv = _ONE / (_ONE + e)
-            sig[t] = inv * (_ONE if z >= _ZERO else e)
+            dt[t], sig[t] = softplus_slope(d[t] + bias)
     else:
         for t in range(n_t):
             dt[t] = d[t] + bias
@@ -113,11 +117,7 @@ def delta_tile_row(d, r_n, bias, c0, softplus, sig):
     """In place over one token's r_n channels: d = softplus(d + bias) (or d + bias), and d dt / d d."""
     if softplus:
         for r in range(r_n):
-            z = d[r] + bias[c0 + r]
-            e = fexp(-abs(z))
-            d[r] = max(z, _ZERO) + flog1p_unit(e)
-            inv = _ONE / (_ONE + e)
-            sig[r] = inv * (_ONE if z >= _ZERO else e)
+            d[r], sig[r] = softplus_slope(d[r] + bias[c0 + r])
     else:
         for r in range(r_n):
             d[r] = d[r] + bias[c0 + r]

@@ -233,7 +233,7 @@ def _setup_context(ctx, inputs, output):
     ctx.delta_softplus, ctx.chunk = delta_softplus, chunk
     ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, output[1])
     # the states are for the backward only: no gradient flows into them, and autograd does not fill one with
-    # zeros for each backward (a (batch, chunks, N, channels) fill: 0.33 ms of a 8.9 ms batch-64, L=16 pass)
+    # zeros for each backward (a (batch, chunks, N, channels) fill: 0.33 ms of an 8.9 ms batch-64, L=16 pass)
     ctx.mark_non_differentiable(output[1])
     ctx.set_materialize_grads(False)
 

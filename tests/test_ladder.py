@@ -148,6 +148,25 @@ def test_a_table_keeps_an_earlier_sessions_rows_made_with_the_same_settings(tmp_
     assert f"Rows {second.name}: device CPU: elsewhere, revision def," in text
 
 
+def test_a_row_read_back_from_the_cache_keeps_where_its_runs_were_made(tmp_path):
+    ladder = smoke_ladder(load_ladder())
+    first = ladder.rungs[0]
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    trained = calibrate(ladder, cache=cache, out=out, bar=False, names=[first.name], command="first")
+    assert trained["rungs"][0]["made"]["command"] == "first"
+    elsewhere = {**trained["rungs"][0]["made"], "revision": "abc", "command": "elsewhere"}
+    earlier = json.loads((out / "calibration.json").read_text())
+    earlier["rungs"][0]["made"] = elsewhere
+    (out / "calibration.json").write_text(json.dumps(earlier))
+    again = calibrate(ladder, cache=cache, out=out, bar=False, train=False, command="again")
+    assert again["rungs"][0]["rows"] == trained["rungs"][0]["rows"] and again["rungs"][0]["made"] == elsewhere
+    # an earlier row with other numbers is other runs: the row read from the cache is stamped here
+    earlier["rungs"][0]["rows"]["ES2D"]["accuracy"] = [0.0, 0.0]
+    (out / "calibration.json").write_text(json.dumps(earlier))
+    third = calibrate(ladder, cache=cache, out=out, bar=False, train=False, command="third")
+    assert third["rungs"][0]["made"]["command"] == "third"
+
+
 def test_the_committed_table_follows_from_its_runs_and_the_readme_shows_it():
     repo = Path(__file__).resolve().parents[1]
     folder = repo / "assets" / "study" / "calibration"

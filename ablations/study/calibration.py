@@ -121,12 +121,18 @@ def carried(row: dict | None, rung: Rung) -> bool:
             and row["made"].get("task_version") == TASKS[rung.task].version)
 
 
+def same_runs(a: dict, b: dict) -> bool:
+    """Whether two rows' designs have the same per-seed test accuracies (the same runs, read twice)."""
+    return set(a) == set(b) and all(a[n]["accuracy"] == b[n]["accuracy"] for n in a)
+
+
 def calibrate(ladder: Ladder, *, cache, out, device: str = "cpu", jobs: int = 1, names=None, bar: bool = True,
               command: str = "", train: bool = True) -> dict:
     """Train the ladder's rungs (those named, else all) in order, writing the table after each; returns it.
     The table has every rung: those not named (or not trained) from finished runs in `cache`, else from the
     table already in `out` where that row was made with the same settings (it keeps where it was made), else
-    marked pending."""
+    marked pending. A row read from `cache` that the earlier table has with the same accuracies keeps where
+    the earlier table says it was made (not where this table is written)."""
     from ..store import device_description, git_revision
     unknown = sorted(set(names or ()) - {r.name for r in ladder.rungs})
     if unknown:
@@ -150,11 +156,14 @@ def calibrate(ladder: Ladder, *, cache, out, device: str = "cpu", jobs: int = 1,
             continue
         s = summarise(rung.mode, results)[rung.task]
         ref, control = s["rows"][ladder.reference], s["rows"][ladder.control]
-        table["rungs"].append({
-            **base, "test_images": s["test_images"],
-            "rows": {n: {k: row[k] for k in ("accuracy", "mean", "std", "test_se", "converged", "seconds")}
-                     for n, row in s["rows"].items()},
-            "verdict": verdict(ref, control), "made": {**here, "task_version": TASKS[rung.task].version}})
+        rows = {n: {k: row[k] for k in ("accuracy", "mean", "std", "test_se", "converged", "seconds")}
+                for n, row in s["rows"].items()}
+        made = {**here, "task_version": TASKS[rung.task].version}
+        old = earlier.get(rung.name)
+        if not trains and carried(old, rung) and same_runs(old["rows"], rows):
+            made = old["made"]  # the runs in the cache are the earlier table's: they were made where it says
+        table["rungs"].append({**base, "test_images": s["test_images"], "rows": rows,
+                               "verdict": verdict(ref, control), "made": made})
         write_table(out, table, device)
     chosen = next((r["name"] for r in table["rungs"] if r.get("verdict", {}).get("separates")), None)
     table["chosen"] = chosen
@@ -242,4 +251,4 @@ def smoke_ladder(ladder: Ladder) -> Ladder:
 
 
 __all__ = ["LADDERS", "Ladder", "REFERENCE_RANGE", "Rung", "SEPARATION", "calibrate", "carried", "earlier_rows",
-           "excerpt_markdown", "load_ladder", "markdown", "smoke_ladder", "verdict"]
+           "excerpt_markdown", "load_ladder", "markdown", "same_runs", "smoke_ladder", "verdict"]

@@ -290,6 +290,21 @@ def test_cpu_fused_states_are_for_the_backward_only():
     assert all(torch.isfinite(v.grad).all() for v in x.values())
 
 
+def test_cpu_fused_blocks_give_every_thread_a_task():
+    assert cpu_fused._block(96, 96, pairs=256, threads=2) == 96  # a batch of 64 x 4 routes: whole groups
+    assert cpu_fused._block(96, 96, pairs=4, threads=16) == 24  # batch 1: 4 routes split for 16 threads
+    assert cpu_fused._block(40, 96, pairs=1, threads=8) == 20  # no block below MIN_BLOCK = 16 channels
+    assert cpu_fused._block(12, 96, pairs=1, threads=8) == 12
+    assert cpu_fused._block(192, 96) == 96 and cpu_fused._block(40, 16) == 14
+
+
+def test_cpu_fused_is_exact_with_several_uneven_blocks_a_group(monkeypatch):
+    # 40 channels a group in blocks of at most 16: 14, 14 and 12 channels, forward and backward
+    monkeypatch.setattr(cpu_fused, "FORWARD_BLOCK", 16)
+    monkeypatch.setattr(cpu_fused, "BACKWARD_BLOCK", 16)
+    assert_matches_reference(make(3, 2, 40, 16, 70, seed=5), True, "cpu_fused")
+
+
 @pytest.mark.parametrize("length", [9, 133])
 @pytest.mark.parametrize("softplus", [True, False])
 def test_cpu_fused_short_chunks_of_wide_blocks_match_reference(length, softplus):

@@ -145,9 +145,9 @@ def _block(per_group: int, most: int, pairs: int = 1, threads: int = 1) -> int:
 
 
 # Channels per task. A whole 96-channel group as one block measured faster than two blocks of 48 (batch 64,
-# K=4, d=96, 2 cores: forward 2.17 against 2.43 ms at L=16, backward 4.15 against 4.46 ms; at d=192 blocks
-# of 96 were the fastest or within 2% of it, forward and backward, L=16 and 64); blocks of 16 took twice
-# as long as 48 in the backward.
+# K=4, d=96, 2 cores: forward 2.17 against 2.43 ms at L=16, backward 4.15 against 4.46 ms; at d=192, L=16
+# and 64, and at batch 1, L=3136, blocks of 96 were within 7% of the fastest of 48 to 192, forward and
+# backward); blocks of 16 took twice as long as 48 in the backward.
 FORWARD_BLOCK = BACKWARD_BLOCK = 96
 MIN_BLOCK = 16
 

@@ -71,10 +71,7 @@ def compare(cases: dict, repeats: int, bar, apart=APART) -> dict:
     the fast backends. `bar` moves once per repetition of each block."""
     times = {name: {b: [] for b in fns} for name, fns in cases.items()}
     for name, fns in cases.items():
-        mixed = [b for b in fns if b not in apart]
-        for block in (mixed, [b for b in fns if b in apart]):
-            if not block:
-                continue
+        for block in _blocks(fns, apart):
             for backend in block:  # warm-up
                 fns[backend]()
             for rep in range(repeats):
@@ -84,9 +81,14 @@ def compare(cases: dict, repeats: int, bar, apart=APART) -> dict:
     return {name: {b: statistics.median(ts) for b, ts in per.items()} for name, per in times.items()}
 
 
+def _blocks(fns: dict, apart) -> list:
+    """The backends of one case in the blocks `compare` times: those interleaved, then those apart."""
+    return [block for block in ([b for b in fns if b not in apart], [b for b in fns if b in apart]) if block]
+
+
 def blocks(cases: dict, apart=APART) -> int:
     """How many timed blocks `compare` runs over `cases` (the progress bar's total is this times repeats)."""
-    return sum(any(b not in apart for b in fns) + any(b in apart for b in fns) for fns in cases.values())
+    return sum(len(_blocks(fns, apart)) for fns in cases.values())
 
 
 FAST = ("torch", "cpu_fused")

@@ -195,9 +195,10 @@ def _cpu_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk):
     k = kernels()
     y = u.new_empty(u.shape)
     states = u.new_empty(_states_shape(u, A, chunk))
-    block, tasks = _tasks(u, B, FORWARD_BLOCK, _threads(k))
+    threads = _threads(k)
+    block, tasks = _tasks(u, B, FORWARD_BLOCK, threads)
     (fu, fd, _, fB, fC), st = _flat((u, delta, u, B, C))
-    _launch(k.forward_parallel, k.forward_tasks, min(tasks, _threads(k)), tasks, block, B.shape[1], fu, fd, fB,
+    _launch(k.forward_parallel, k.forward_tasks, min(tasks, threads), tasks, block, B.shape[1], fu, fd, fB,
             fC, st, _np(A.t().contiguous()), _np(D.contiguous()), _np(delta_bias.contiguous()),
             bool(delta_softplus), int(chunk), _np(y), _np(states))
     return y, states
@@ -211,8 +212,9 @@ def _(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk):
 @torch.library.impl("evmamba::cpu_scan_backward", "CompositeExplicitAutograd")
 def _cpu_scan_backward(u, delta, A, B, C, D, delta_bias, states, gy, delta_softplus, chunk):
     k = kernels()
-    block, tasks = _tasks(u, B, BACKWARD_BLOCK, _threads(k))
-    slots = min(tasks, _threads(k))
+    threads = _threads(k)
+    block, tasks = _tasks(u, B, BACKWARD_BLOCK, threads)
+    slots = min(tasks, threads)
     du, ddelta = u.new_empty(u.shape), u.new_empty(u.shape)
     dAt = u.new_zeros((slots,) + A.shape[::-1])
     dB, dC = (u.new_zeros((slots,) + B.shape) for _ in range(2))
